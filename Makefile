@@ -1,0 +1,41 @@
+# plantdx: `make help` lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Reinstall only when the dependency list changes: `make install` is quick when nothing did.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+export DO_NOT_TRACK = 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
+
+.DEFAULT_GOAL := help
+.PHONY: help install train smoke test lint format
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install plantdx with the train, serve and dev extras
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+train: install ## train the default CPU recipe (configs/default.yaml) on the PlantVillage images
+	$(BIN)/plantdx train -c configs/default.yaml
+
+smoke: install ## one short epoch on a slice of the real images (configs/smoke.yaml)
+	$(BIN)/plantdx train -c configs/smoke.yaml
+
+test: install ## run the whole test suite (unit, real-data, training, DDP)
+	$(BIN)/pytest
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks

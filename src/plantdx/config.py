@@ -1,0 +1,214 @@
+"""One typed settings object for every stage.
+
+Precedence, lowest first: defaults < YAML file (``-c``) < environment (``PLANTDX_``, ``__`` nesting)
+< CLI ``--set a.b=value``. Built once at the entry point and passed down; nothing reads a global.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from plantdx.errors import ConfigError
+
+DATA_ENV = "PLANTDX_DATA"
+
+
+def default_data_root() -> Path:
+    """Real images: ``PLANTDX_DATA``, else ``../shared/data/plantvillage`` beside the checkout."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "plantvillage"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    """Where the images are, how they are split and how they are fed to the model.
+
+    Named ``dataset`` rather than ``data`` so that ``PLANTDX_DATA`` stays a plain path variable.
+    """
+
+    root: Path = Field(default_factory=default_data_root)
+    manifest: Path | None = None
+    metadata: Path | None = None
+    seed: int = 42
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    max_per_class: int | None = Field(None, ge=3, description="take a stratified slice (tests, smoke runs)")
+    min_images_per_class: int = Field(10, ge=1)
+    image_size: int = Field(224, ge=16)
+    resize: int | None = Field(None, ge=16, description="shorter side before the centre crop; default size*256/224")
+    interpolation: Literal["bilinear", "area", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    augment: Literal["none", "light", "standard"] = "standard"
+    balance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(1, ge=0)
+    cache_images: bool = True
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_split(self) -> DatasetConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+    @property
+    def resize_to(self) -> int:
+        return self.resize if self.resize is not None else round(self.image_size * 256 / 224)
+
+
+class ModelConfig(_Section):
+    name: str = "mobilenet_v3_small"
+    pretrained: bool = False
+    pretrained_path: Path | None = None
+    dropout: float = Field(0.2, ge=0, lt=1)
+    width: float = Field(1.0, gt=0, description="channel multiplier of plant_cnn")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="train only the head for this many epochs")
+
+
+class TrainConfig(_Section):
+    max_epochs: int = Field(20, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["cosine", "onecycle", "none"] = "onecycle"
+    warmup_epochs: float = Field(1.0, ge=0)
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    early_stopping_patience: int = Field(5, ge=1)
+    seed: int = 42
+    deterministic: bool = True
+    output_dir: Path = Path("runs")
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = Field(20, ge=1)
+    progress_bar: bool = True
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    artifact_location: str | None = Field("mlartifacts", description="for new experiments on a local store")
+    experiment: str = "plantdx"
+    registered_model: str = "plantdx"
+    run_name: str | None = None
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Dumped into every MLflow run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANTDX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    dataset: DatasetConfig = Field(default_factory=lambda: DatasetConfig())
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.003, ...}``: the form MLflow params take."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "model.name=resnet50"]`` -> nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is set to a value and used as a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return tree
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, named by its dotted key: what a person reads before fixing YAML."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r}")
+        else:
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load_settings(config: Path | str | None = None, overrides: Iterable[str] = ()) -> Settings:
+    """Build the settings from a YAML file, the environment and ``--set`` overrides."""
+    file_values = read_yaml(Path(config)) if config is not None else {}
+    cli_values = parse_overrides(overrides)
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Highest priority first: CLI, environment, YAML (defaults come from the fields).
+            return init_settings, env_settings, InitSettingsSource(settings_cls, file_values)
+
+    try:
+        layered = _Layered(**cli_values)
+        # Plain ``Settings`` again so the object pickles and compares like any other.
+        return Settings.model_validate(layered.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except ValueError as exc:  # pydantic-settings' own parse errors (e.g. bad JSON in an env var)
+        raise ConfigError(f"invalid configuration: {exc}") from None

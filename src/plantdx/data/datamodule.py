@@ -1,0 +1,167 @@
+"""Torch datasets and the LightningDataModule over a split manifest."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from plantdx.config import DatasetConfig
+from plantdx.data.split import Manifest, ManifestRow, Split
+from plantdx.data.transforms import (
+    create_eval_transform,
+    create_train_transform,
+    load_rgb,
+    resize_shorter,
+)
+
+
+def seed_worker(worker_id: int) -> None:  # noqa: ARG001 (DataLoader passes it)
+    """Give each loader worker its own, reproducible augmentation stream (torch derives ``info.seed``)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, LeafDataset):
+        info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+class ImageCache:
+    """Decoded, resized images kept in memory.
+
+    On two cores JPEG decoding costs as much as a small model's training step; decoding once and keeping the
+    ``resize_to`` version (146 px for 128 px training) makes an epoch after the first one nearly decode-free.
+    Filled in the main process before the loaders fork, so workers share the pages.
+    """
+
+    def __init__(self, root: Path, size: int, interpolation: str) -> None:
+        self.root = root
+        self.size = size
+        self.interpolation = interpolation
+        self._images: dict[str, np.ndarray] = {}
+
+    def get(self, rel_path: str) -> np.ndarray:
+        image = self._images.get(rel_path)
+        if image is None:
+            image = self.load(rel_path)
+            self._images[rel_path] = image
+        return image
+
+    def load(self, rel_path: str) -> np.ndarray:
+        return resize_shorter(load_rgb(self.root / rel_path), self.size, self.interpolation)
+
+    def fill(self, rel_paths: Sequence[str]) -> None:
+        for rel in rel_paths:
+            self.get(rel)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+class LeafDataset(Dataset[tuple[torch.Tensor, int]]):
+    def __init__(
+        self,
+        rows: Sequence[ManifestRow],
+        classes: Sequence[str],
+        transform: A.Compose,
+        cache: ImageCache,
+        *,
+        use_cache: bool = True,
+    ) -> None:
+        self.rows = list(rows)
+        self.index = {name: i for i, name in enumerate(classes)}
+        self.transform = transform
+        self.cache = cache
+        self.use_cache = use_cache
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[i]
+        image = self.cache.get(row.path) if self.use_cache else self.cache.load(row.path)
+        tensor = self.transform(image=image)["image"]
+        return tensor, self.index[row.label]
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.index[r.label] for r in self.rows]
+
+
+def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights with mean 1, so a 114-image class counts as much as a 400-image one."""
+    counts = Counter(targets)
+    n = len(targets)
+    weights = [n / (num_classes * counts[c]) if counts.get(c) else 0.0 for c in range(num_classes)]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class PlantDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DatasetConfig, manifest: Manifest) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.manifest = manifest
+        self.classes = manifest.classes
+        self.cache = ImageCache(cfg.root, cfg.resize_to, cfg.interpolation)
+        self.datasets: dict[Split, LeafDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def dataset(self, split: Split) -> LeafDataset:
+        if split not in self.datasets:
+            transform = create_train_transform(self.cfg) if split == "train" else create_eval_transform(self.cfg)
+            rows = self.manifest.split(split)
+            if self.cfg.cache_images:
+                self.cache.fill([r.path for r in rows])
+            self.datasets[split] = LeafDataset(
+                rows, self.classes, transform, self.cache, use_cache=self.cfg.cache_images
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset("train")
+            self.dataset("val")
+        if stage in (None, "test", "predict"):
+            self.dataset("test")
+
+    def train_class_weights(self) -> torch.Tensor:
+        return class_weights(self.dataset("train").targets, self.num_classes)
+
+    def _loader(
+        self, split: Split, *, shuffle: bool, sampler: WeightedRandomSampler | None = None
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        sampler = None
+        if self.cfg.balance == "sampler":
+            targets = self.dataset("train").targets
+            per_sample = self.train_class_weights()[targets]
+            generator = torch.Generator().manual_seed(self.cfg.seed)
+            sampler = WeightedRandomSampler(per_sample.tolist(), len(targets), generator=generator)
+        return self._loader("train", shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        return self.test_dataloader()

@@ -1,0 +1,64 @@
+"""Describe a dataset from image headers alone (fast: nothing is decoded)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from plantdx.data.scan import IGNORED_NAMES, IMAGE_EXTENSIONS, Progress
+from plantdx.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    class_counts: dict[str, int]
+    formats: dict[str, int]
+    sizes: dict[str, int]
+    total_bytes: int
+    unreadable: int
+
+    @property
+    def images(self) -> int:
+        return sum(self.class_counts.values())
+
+    @property
+    def imbalance_ratio(self) -> float:
+        counts = [n for n in self.class_counts.values() if n]
+        return max(counts) / min(counts) if counts else 0.0
+
+
+def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetStats:
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    files = [
+        (p, d.name)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name not in IGNORED_NAMES and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    classes: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    total = unreadable = 0
+    for i, (path, label) in enumerate(files, start=1):
+        total += path.stat().st_size
+        try:
+            with Image.open(path) as img:
+                formats[img.format or "?"] += 1
+                sizes[f"{img.width}x{img.height}"] += 1
+                classes[label] += 1
+        except (UnidentifiedImageError, OSError):
+            unreadable += 1
+        if progress is not None:
+            progress(i, len(files))
+    return DatasetStats(
+        class_counts=dict(sorted(classes.items())),
+        formats=dict(formats.most_common()),
+        sizes=dict(sizes.most_common(5)),
+        total_bytes=total,
+        unreadable=unreadable,
+    )

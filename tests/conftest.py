@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny synthetic datasets (unit tests) and the real PlantVillage folder (integration tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from plantdx.config import Settings, default_data_root, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+TINY_CLASSES = ("Crop___Blight", "Crop___Spot", "Crop___healthy")
+_COLOURS = {"Crop___Blight": (150, 90, 40), "Crop___Spot": (60, 140, 60), "Crop___healthy": (40, 170, 90)}
+
+
+def make_leaf(label: str, seed: int, size: int = 48) -> Image.Image:
+    """A coloured square with noise and class-specific spots: learnable, and no two images alike."""
+    rng = np.random.default_rng(seed)
+    base = np.array(_COLOURS.get(label, (100, 100, 100)), dtype=np.float32)
+    img = base + rng.normal(0, 12, (size, size, 3))
+    if label.endswith("Spot"):
+        for _ in range(6):
+            y, x = rng.integers(4, size - 4, 2)
+            img[y - 2 : y + 2, x - 2 : x + 2] = (30, 20, 10)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def write_tiny_dataset(root: Path, per_class: int = 12, size: int = 48) -> Path:
+    for c, label in enumerate(TINY_CLASSES):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = "png" if i % 3 == 0 else "jpg"
+            make_leaf(label, seed=c * 1000 + i, size=size).save(folder / f"img_{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    root = default_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real images not found at {root} (set PLANTDX_DATA)")
+    return root
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> list[str]:
+    """Overrides that send MLflow to a fresh SQLite store and artifact folder inside tmp_path."""
+    return [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+        f"train.output_dir={tmp_path / 'runs'}",
+    ]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PLANTDX_* variable leaks in from the shell, except the data location."""
+    for key in list(os.environ):
+        if key.startswith("PLANTDX_") and key != "PLANTDX_DATA":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def smoke_settings(tiny_dataset: Path, tracking: list[str], clean_env: None) -> Settings:  # noqa: ARG001
+    return load_settings(SMOKE, [f"dataset.root={tiny_dataset}", "dataset.max_per_class=null", *tracking])

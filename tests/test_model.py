@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+
+from plantdx.errors import ModelError
+from plantdx.model import (
+    BackboneFreeze,
+    PlantClassifier,
+    backbone_modules,
+    create_model,
+    head_module,
+    warmup_cosine,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [
+        ("plant_cnn", 64, {}),
+        ("plant_cnn", 64, {"width": 0.25}),
+        ("mobilenet_v3_small", 64, {}),
+        ("mobilenet_v3_large", 64, {}),
+        ("efficientnet_b0", 64, {}),
+        ("resnet50", 32, {}),
+        ("vit_b_16", 32, {"image_size": 32}),  # a GPU model: checked at a tiny input only
+        ("resnet10t", 32, {}),  # any timm name
+        ("timm/mobilenetv3_small_050", 32, {}),
+    ],
+)
+def test_every_named_model_gives_one_logit_per_class(name: str, size: int, kwargs: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, 15, **kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 15)
+    assert torch.isfinite(out).all()
+    head = head_module(model)
+    assert any(p.shape[0] == 15 for p in head.parameters())  # the replaced head is where we think it is
+    assert head not in backbone_modules(model)
+
+
+def test_unknown_model_and_too_few_classes() -> None:
+    with pytest.raises(ModelError, match="unknown model"):
+        create_model("no_such_net", 3)
+    with pytest.raises(ModelError, match="at least 2 classes"):
+        create_model("plant_cnn", 1)
+
+
+def test_pretrained_without_weights_fails_instead_of_training_from_scratch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_get_model = torchvision.models.get_model
+
+    def offline(name: str, weights: Any = None, **kwargs: Any) -> torch.nn.Module:
+        if weights is not None:  # what the real call does without internet, without touching the network
+            raise urllib.error.URLError("no network")
+        return real_get_model(name, weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(ModelError, match="pretrained_path"):
+        create_model("resnet18", 5, pretrained=True)
+    with pytest.raises(ModelError, match="no published weights"):
+        create_model("plant_cnn", 5, pretrained=True)
+
+
+def test_pretrained_path_loads_local_weights(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18()  # stands in for a downloaded ImageNet checkpoint
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("resnet18", 4, pretrained=True, pretrained_path=path)
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc[-1].out_features == 4
+    with pytest.raises(ModelError, match="does not fit"):
+        torch.save({"conv1.weight": source.conv1.weight}, tmp_path / "partial.pth")
+        create_model("resnet18", 4, pretrained=True, pretrained_path=tmp_path / "partial.pth")
+    with pytest.raises(ModelError, match="does not exist"):
+        create_model("resnet18", 4, pretrained=True, pretrained_path=tmp_path / "missing.pth")
+
+
+def _module(**kwargs: Any) -> PlantClassifier:
+    defaults: dict[str, Any] = {
+        "model_name": "plant_cnn",
+        "class_names": ["a", "b", "c"],
+        "image_size": 32,
+        "width": 0.25,
+    }
+    return PlantClassifier(**{**defaults, **kwargs})
+
+
+class _Random(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(3, 32, 32, generator=g), i % 3
+
+
+def test_backbone_freeze_trains_the_head_first_then_everything(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _module(scheduler="cosine", lr=0.01)
+    stem = next(module.model.features.parameters())
+    head = module.model.classifier[-1].weight
+    before_stem, before_head = stem.detach().clone(), head.detach().clone()
+    loader = torch.utils.data.DataLoader(_Random(), batch_size=8)
+
+    class Probe(L.Callback):
+        stem_after_epoch0: torch.Tensor | None = None
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: ARG002
+            if trainer.current_epoch == 0:
+                self.stem_after_epoch0 = stem.detach().clone()
+
+    probe = Probe()
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[BackboneFreeze(unfreeze_at_epoch=1), probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    assert probe.stem_after_epoch0 is not None
+    assert torch.equal(probe.stem_after_epoch0, before_stem)  # frozen during epoch 0
+    assert not torch.equal(stem.detach(), before_stem)  # trained after unfreezing
+    assert not torch.equal(head.detach(), before_head)
+    assert len(trainer.optimizers[0].param_groups) == 2
+
+
+def test_metrics_per_stage_are_slash_named(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _module()
+    loader = torch.utils.data.DataLoader(_Random(), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader, loader)
+    keys = set(trainer.callback_metrics)
+    assert {"train/loss", "train/acc", "train/f1_macro", "val/loss", "val/acc", "val/f1_macro"} <= keys
+    trainer.test(module, loader, verbose=False)
+    keys = set(trainer.callback_metrics)
+    assert {"test/acc", "test/f1_macro", "test/precision/a", "test/recall/c"} <= keys
+    assert module.test_results["test/confusion"].shape == (3, 3)
+    assert int(module.test_results["test/confusion"].sum()) == 16
+
+
+def test_class_weights_and_label_smoothing_reach_the_loss() -> None:
+    module = _module(class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
+    assert torch.equal(module.criterion.weight, torch.tensor([1.0, 2.0, 3.0]))
+    assert module.criterion.label_smoothing == 0.1
+
+
+def test_warmup_cosine_schedule_shape() -> None:
+    f = warmup_cosine(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.505, abs=0.01)
+    assert f(100) == pytest.approx(0.01)

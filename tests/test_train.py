@@ -1,0 +1,124 @@
+"""Training end to end: real images through Lightning into MLflow, and the determinism promise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import SMOKE
+from plantdx.config import Settings, load_settings
+from plantdx.evaluate import evaluate
+from plantdx.train import train
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+@pytest.mark.realdata
+def test_one_epoch_on_real_images_is_tracked_in_mlflow(real_data: Path, tracking: list[str]) -> None:
+    settings = load_settings(SMOKE, [f"dataset.root={real_data}", "dataset.max_per_class=12", *tracking])
+    result = train(settings)
+
+    assert result.run_id is not None and result.test is not None
+    assert len(result.classes) == 15
+    client = MlflowClient(settings.tracking.uri)
+    run = client.get_run(result.run_id)
+    metrics = run.data.metrics
+    for key in (
+        "train/loss_epoch",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/f1_macro",
+        "test/acc",
+        "test/f1_macro",
+        "test/ece",
+        "train/wall_time_s",
+    ):
+        assert key in metrics, key
+    for name in result.classes:
+        assert f"test/precision/{name}" in metrics and f"test/recall/{name}" in metrics
+        assert f"test/f1/{name}" in metrics
+    assert metrics["test/acc"] == pytest.approx(result.test.accuracy, abs=1e-6)
+    assert client.get_metric_history(result.run_id, "val/acc")  # a learning curve, one point per epoch
+
+    params = run.data.params
+    assert params["data.manifest_sha256"] == result.data_hash
+    assert params["model.name"] == "plant_cnn" and params["train.max_epochs"] == "1"
+    assert "git.commit" in params and int(params["params.total"]) > 0
+
+    artifacts = artifact_paths(client, result.run_id)
+    assert {
+        "evaluation/test_confusion_matrix.png",
+        "evaluation/test_per_class.json",
+        "evaluation/test_classification_report.txt",
+        "evaluation/test_reliability.png",
+        "labels.json",
+        "preprocess.json",
+        "config.yaml",
+        "manifest.csv",
+        "checkpoints/best.ckpt",
+    } <= artifacts
+    local = Path(client.download_artifacts(result.run_id, "labels.json"))
+    assert json.loads(local.read_text()) == result.classes
+    per_class = json.loads(Path(client.download_artifacts(result.run_id, "evaluation/test_per_class.json")).read_text())
+    assert set(per_class) == set(result.classes)
+
+    # `evaluate` on the run re-scores the same checkpoint on the run's own test split.
+    scored = evaluate(settings, run_id=result.run_id, output_dir=Path(settings.train.output_dir) / "eval")
+    assert scored.report.accuracy == pytest.approx(result.test.accuracy)
+    assert scored.mlflow_run_id is not None
+    assert "test/ece" in client.get_run(scored.mlflow_run_id).data.metrics
+
+
+def _fit_twice_settings(smoke_settings: Settings, tmp_path: Path, name: str) -> Settings:
+    return smoke_settings.model_copy(
+        update={
+            "train": smoke_settings.train.model_copy(update={"max_epochs": 2, "output_dir": tmp_path / name}),
+            "tracking": smoke_settings.tracking.model_copy(update={"run_name": name}),
+        }
+    )
+
+
+def test_same_config_gives_same_metrics_on_cpu(
+    smoke_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for name in ("first", "second"):
+        monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
+        results.append(train(_fit_twice_settings(smoke_settings, tmp_path, name)))
+    a, b = results
+    assert a.data_hash == b.data_hash
+    assert a.test is not None and b.test is not None
+    assert a.test.confusion == b.test.confusion
+    assert a.metrics["test/loss"] == pytest.approx(b.metrics["test/loss"], abs=1e-6)
+    assert a.test.nll == pytest.approx(b.test.nll, abs=1e-6)
+    assert a.run_id != b.run_id
+
+
+def test_tiny_dataset_is_learnable(smoke_settings: Settings) -> None:
+    """Three easily told-apart classes: a few epochs must beat chance by far (a broken loop would not)."""
+    settings = smoke_settings.model_copy(
+        update={"train": smoke_settings.train.model_copy(update={"max_epochs": 8, "lr": 0.01})}
+    )
+    result = train(settings)
+    assert result.test is not None
+    assert result.test.accuracy >= 0.8, result.test.classification_report()
+
+
+def test_evaluate_needs_exactly_one_source(smoke_settings: Settings) -> None:
+    from plantdx.errors import PlantdxError
+
+    with pytest.raises(PlantdxError, match="exactly one"):
+        evaluate(smoke_settings)
+    with pytest.raises(PlantdxError, match="not found"):
+        evaluate(smoke_settings, checkpoint=Path("/nonexistent.ckpt"))
