@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from plantdx.config import Settings, default_data_root, load_settings
+
+if TYPE_CHECKING:
+    from plantdx.export import ExportResult
+    from plantdx.train import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -73,3 +78,48 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def smoke_settings(tiny_dataset: Path, tracking: list[str], clean_env: None) -> Settings:  # noqa: ARG001
     return load_settings(SMOKE, [f"dataset.root={tiny_dataset}", "dataset.max_per_class=null", *tracking])
+
+
+def _without_plantdx_env() -> pytest.MonkeyPatch:
+    mp = pytest.MonkeyPatch()
+    for key in list(os.environ):
+        if key.startswith("PLANTDX_") and key != "PLANTDX_DATA":
+            mp.delenv(key)
+    return mp
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainResult]:
+    """A plant_cnn trained for a few epochs on the tiny dataset, tracked in its own MLflow store (shared)."""
+    from plantdx.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    mp = _without_plantdx_env()
+    try:
+        settings = load_settings(
+            SMOKE,
+            [
+                f"dataset.root={tiny_dataset}",
+                "dataset.max_per_class=null",
+                "dataset.image_size=32",
+                "train.max_epochs=4",
+                "train.lr=0.01",
+                f"train.output_dir={tmp / 'runs'}",
+                f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+                f"tracking.artifact_location={tmp / 'mlartifacts'}",
+                "export.reference_images=20",
+                "export.int8_calibration_images=20",
+                "export.threads=1",
+            ],
+        )
+        return settings, train(settings)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def exported(trained_tiny: tuple[Settings, TrainResult], tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    from plantdx.export import export
+
+    settings, result = trained_tiny
+    return export(settings, tmp_path_factory.mktemp("bundle") / "bundle", run_id=result.run_id)

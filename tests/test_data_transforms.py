@@ -5,17 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import make_leaf
 from plantdx.config import DatasetConfig
-from plantdx.data.transforms import (
-    create_eval_transform,
-    create_train_transform,
-    load_rgb,
-    preprocess_spec,
-    resize_shorter,
-)
+from plantdx.data.transforms import create_eval_transform, create_train_transform, preprocess_spec
+from plantdx.images import resize_shorter
 
 
 @pytest.fixture
@@ -59,23 +53,3 @@ def test_preprocess_spec_has_the_bundle_keys(cfg: DatasetConfig) -> None:
         "input_name": "image",
         "output_name": "logits",
     }
-
-
-def test_resize_shorter_keeps_aspect() -> None:
-    img = Image.new("RGB", (200, 100))
-    assert resize_shorter(img, 50).shape == (50, 100, 3)
-    assert resize_shorter(Image.new("RGB", (30, 60)), 60).shape == (120, 60, 3)  # upsamples small images
-
-
-def test_load_rgb_applies_exif_and_converts_modes(tmp_path: Path) -> None:
-    gray = tmp_path / "gray.png"
-    Image.new("L", (10, 20), 128).save(gray)
-    assert load_rgb(gray).mode == "RGB"
-    rgba = tmp_path / "rgba.png"
-    Image.new("RGBA", (10, 20), (1, 2, 3, 4)).save(rgba)
-    assert load_rgb(rgba).mode == "RGB"
-    rotated = tmp_path / "rot.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
-    Image.new("RGB", (40, 20)).save(rotated, exif=exif)
-    assert load_rgb(rotated).size == (20, 40)

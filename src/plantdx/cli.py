@@ -170,7 +170,13 @@ def data_stats(root: RootArgument = None, config: ConfigOption = None, set_: Set
 
 
 @app.command()
-def train(config: ConfigOption = None, set_: SetOption = None) -> None:
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    result_json: Annotated[
+        Path | None, typer.Option(help="Also write the run id, checkpoint and test scores here (for scripts).")
+    ] = None,
+) -> None:
     """Train a model (Lightning), track it in MLflow and score it on the test split."""
     from plantdx.train import train as run_training
 
@@ -178,7 +184,21 @@ def train(config: ConfigOption = None, set_: SetOption = None) -> None:
     result = run_training(settings)
     if result.test is None:  # a non-zero DDP rank: rank 0 reports
         return
-    console.print(result.test.classification_report())
+    if result_json is not None:
+        result_json.write_text(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "tracking_uri": result.tracking_uri,
+                    "best_checkpoint": str(result.best_checkpoint),
+                    "wall_time_s": result.wall_time_s,
+                    "test_accuracy": result.test.accuracy,
+                    "test_f1_macro": result.test.f1_macro,
+                },
+                indent=2,
+            )
+        )
+    console.print(result.test.classification_report(), soft_wrap=True, highlight=False)
     console.print(
         f"run {result.run_id} ({result.tracking_uri}) in {result.wall_time_s:.0f} s; "
         f"best checkpoint {result.best_checkpoint}"
@@ -200,11 +220,169 @@ def evaluate(
 
     settings = _settings(config, set_, data)
     result = run_evaluation(settings, checkpoint=checkpoint, run_id=run_id, split=split, log_to_mlflow=not no_log)
-    console.print(result.report.classification_report())
+    console.print(result.report.classification_report(), soft_wrap=True, highlight=False)
     console.print(
         f"artifacts in {result.artifacts[0].parent}"
         + (f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else "")
     )
+
+
+@app.command("export")
+def export_cmd(
+    run_id: Annotated[str | None, typer.Option(help="Export the best checkpoint of this MLflow run.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="... or this checkpoint file.")] = None,
+    version: Annotated[str | None, typer.Option(help="... or the run behind this registered version.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write.")] = Path("bundle"),
+    register: Annotated[bool, typer.Option(help="Also register the bundle (alias challenger).")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Write a model bundle: ONNX, INT8 (when it earns its place), TorchScript, calibration, drift reference, card."""
+    from plantdx.export import export
+
+    settings = _settings(config, set_)
+    if sum(x is not None for x in (run_id, checkpoint, version)) != 1:
+        raise PlantdxError("give exactly one of --run-id, --checkpoint or --version")
+    with err_console.status("exporting and measuring the bundle"):
+        result = export(settings, output, run_id=run_id, checkpoint=checkpoint, version=version)
+    _print_card(result.card)
+    console.print(f"bundle written to {result.bundle}")
+    if register:
+        _register(settings, result.bundle, run_id)
+
+
+def _print_card(card: dict[str, Any]) -> None:
+    m = card["metrics"]
+    table = Table(title=f"{card['architecture']} bundle")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("test accuracy", f"{m['test_accuracy']:.4f}")
+    table.add_row("test macro-F1", f"{m['test_f1_macro']:.4f}")
+    table.add_row("test ECE (calibrated)", f"{m['test_ece']:.4f}")
+    table.add_row("ONNX parity (max |diff|)", f"{card['parity']['onnx']['max_abs_logit_diff']:.2e}")
+    table.add_row("ONNX p50 latency", f"{card['latency_ms']['onnx_fp32_p50']:.2f} ms")
+    int8 = card["int8"]
+    table.add_row("INT8", "kept" if int8.get("kept") else f"dropped: {int8.get('reason')}")
+    console.print(table)
+
+
+def _register(settings: Settings, bundle: Path, run_id: str | None) -> None:
+    from plantdx.registry import Registry
+    from plantdx.train import git_commit
+
+    info = Registry(settings.tracking, settings.gate).register(bundle, run_id=run_id, git_commit=git_commit())
+    console.print(f"registered {info.name} v{info.version} (alias challenger) from {info.source}")
+
+
+@app.command()
+def register(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (from `plantdx export`).")],
+    run_id: Annotated[str | None, typer.Option(help="Run to attach it to (default: the card's run).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Register a bundle as a new version of the model, with alias challenger."""
+    _register(_settings(config, set_), bundle, run_id)
+
+
+@app.command()
+def promote(
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even if the gate refuses; recorded as a tag.")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Move the champion alias to a version that beats the current champion (the gate says why not)."""
+    from plantdx.registry import CHAMPION, Registry
+
+    settings = _settings(config, set_)
+    registry = Registry(settings.tracking, settings.gate)
+    result = registry.promote(version, force=force)
+    note = f" (forced past: {'; '.join(result.reasons)})" if result.reasons else ""
+    console.print(f"{registry.name} v{result.candidate} is now {CHAMPION}{note}")
+
+
+@app.command()
+def rollback(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Move the champion alias back to the previous champion."""
+    from plantdx.registry import Registry
+
+    settings = _settings(config, set_)
+    info = Registry(settings.tracking, settings.gate).rollback()
+    console.print(f"{info.name} v{info.version} is champion again")
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path | None, typer.Argument(help="Bundle folder (default: the bundled model).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Lightning checkpoint, for the PyTorch eager row.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Threads for every runtime.")] = 2,
+    runs: Annotated[int, typer.Option(min=10, help="Single-image runs per runtime.")] = 300,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size for the throughput column.")] = 32,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the JSON results.")] = Path(
+        "benchmarks/results"
+    ),
+) -> None:
+    """Latency and throughput of PyTorch eager, TorchScript, ONNX Runtime FP32 and INT8 on this machine."""
+    from plantdx.bench import bench_bundle, write_results
+    from plantdx.inference import default_bundle_path
+
+    folder = bundle or default_bundle_path()
+    with err_console.status("benchmarking"):
+        results = bench_bundle(folder, threads=threads, runs=runs, batch=batch, checkpoint=checkpoint)
+    table = Table(title=f"{folder} ({threads} threads)")
+    for col in ("runtime", "p50 ms", "p99 ms", f"batch {batch} img/s", "note"):
+        table.add_column(col, justify="left" if col in ("runtime", "note") else "right")
+    for r in results:
+        table.add_row(r.runtime, _num(r.p50_ms, ".2f"), _num(r.p99_ms, ".2f"), _num(r.throughput_ips, ".0f"), r.note)
+    console.print(table)
+    console.print(f"wrote {write_results(results, folder, threads, output)}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Leaf photos (JPEG, PNG, WebP).")],
+    model: Annotated[Path | None, typer.Option(help="Bundle folder (default: the bundled model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to list.")] = 3,
+) -> None:
+    """Diagnose leaf photos with a bundle (ONNX Runtime; no torch needed)."""
+    from plantdx.inference import Predictor, default_bundle_path
+
+    predictor = Predictor(model or default_bundle_path(), top_k=top_k)
+    rows = []
+    for path in images:
+        if not path.is_file():
+            raise PlantdxError(f"image not found: {path}")
+        try:
+            rows.append((path, predictor.predict_one(path)))
+        except (OSError, ValueError) as exc:
+            raise PlantdxError(f"cannot read {path} as an image: {exc}") from None
+    if as_json:
+        out = [
+            {
+                "image": str(p),
+                "prediction": r.label,
+                "confidence": r.confidence,
+                "abstained": r.abstained,
+                "reason": r.reason,
+                "top_k": [{"label": lbl, "probability": pr} for lbl, pr in r.top_k],
+            }
+            for p, r in rows
+        ]
+        console.print_json(json.dumps(out))
+        return
+    table = Table()
+    for col in ("image", "diagnosis", "confidence", "top 3"):
+        table.add_column(col)
+    for path, r in rows:
+        label = f"not sure ({r.label}?)" if r.abstained else r.label
+        table.add_row(path.name, label, f"{r.confidence:.1%}", ", ".join(f"{lbl} {pr:.0%}" for lbl, pr in r.top_k))
+    console.print(table)
 
 
 def main() -> None:

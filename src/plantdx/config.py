@@ -30,7 +30,9 @@ def default_data_root() -> Path:
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "plantvillage"
+    beside_cwd = Path.cwd().parent / "shared" / "data" / "plantvillage"
+    beside_source = Path(__file__).resolve().parents[3] / "shared" / "data" / "plantvillage"  # editable install
+    return next((p for p in (beside_cwd, beside_source) if p.is_dir()), beside_cwd)
 
 
 class _Section(BaseModel):
@@ -105,6 +107,29 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
 
 
+class ExportConfig(_Section):
+    """How a trained model becomes a bundle, and what the bundle must prove on the way."""
+
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads for the measurements")
+    parity_max_diff: float = Field(1e-3, gt=0, description="largest allowed |logit(torch) - logit(onnx)|")
+    int8: bool = True
+    int8_calibration_images: int = Field(300, ge=1)
+    int8_min_speedup: float = Field(1.3, gt=0, description="keep INT8 only when at least this much faster")
+    int8_max_accuracy_drop: float = Field(0.5, ge=0, description="... and losing at most this many points")
+    torchscript: bool = True
+    reference_images: int = Field(600, ge=10, description="training images in the drift reference profile")
+    abstain_target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy above the abstain threshold")
+    abstain_floor: float = Field(0.3, ge=0, lt=1, description="the abstain threshold is never lower than this")
+
+
+class GateConfig(_Section):
+    """When ``promote`` may move ``champion`` to a new version."""
+
+    metric: Literal["test_accuracy", "test_f1_macro"] = "test_f1_macro"
+    margin: float = Field(0.0, description="the candidate must beat the champion by at least this much")
+    max_class_drop: float = Field(0.02, ge=0, description="no class's test F1 may fall by more than this")
+
+
 class TrackingConfig(_Section):
     uri: str = "sqlite:///mlflow.db"
     artifact_location: str | None = Field("mlartifacts", description="for new experiments on a local store")
@@ -126,6 +151,8 @@ class Settings(BaseSettings):
     dataset: DatasetConfig = Field(default_factory=lambda: DatasetConfig())
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    export: ExportConfig = Field(default_factory=lambda: ExportConfig())
+    gate: GateConfig = Field(default_factory=lambda: GateConfig())
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
 
     def flat(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plantdx.errors import PlantdxError, TrackingError
+from plantdx.errors import PlantdxError
 
 if TYPE_CHECKING:
     from plantdx.config import Settings
@@ -212,48 +212,18 @@ def evaluate(
 
     With a run id, the run's own manifest is used, so the test split is the one the run never trained on.
     """
-    import mlflow
     import torch
 
     from plantdx.data.datamodule import PlantDataModule
-    from plantdx.data.split import manifest_for, read_manifest
-    from plantdx.model import PlantClassifier
-    from plantdx.train import local_artifact_uri, predict_logits
+    from plantdx.train import load_trained, predict_logits
 
-    if (checkpoint is None) == (run_id is None):
-        raise PlantdxError("give exactly one of a checkpoint path or an MLflow run id")
     if split not in ("train", "val", "test"):
         raise PlantdxError(f"split must be train, val or test, not {split!r}")
-    manifest = None
-    if run_id is not None:
-        try:
-            folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, tracking_uri=settings.tracking.uri))
-        except Exception as exc:
-            raise TrackingError(
-                f"cannot fetch the artifacts of run {run_id} from {settings.tracking.uri}: {exc}"
-            ) from None
-        found = sorted((folder / "checkpoints").glob("*.ckpt"))
-        if not found:
-            raise TrackingError(f"run {run_id} logged no checkpoint")
-        checkpoint = next((p for p in found if p.name == "best.ckpt"), found[0])
-        if (folder / "manifest.csv").is_file():
-            manifest = read_manifest(folder / "manifest.csv")
-    assert checkpoint is not None
-    if not checkpoint.is_file():
-        raise PlantdxError(f"checkpoint not found: {checkpoint}")
-    module = PlantClassifier.load_from_checkpoint(
-        checkpoint, map_location="cpu", pretrained=False, pretrained_path=None
-    )
+    trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
+    module, manifest, checkpoint = trained.module, trained.manifest, trained.checkpoint
     dataset_cfg = settings.dataset.model_copy(update={"image_size": int(module.hparams["image_size"])})
-    if manifest is None:
-        manifest = manifest_for(dataset_cfg)
-    if manifest.classes != module.class_names:
-        raise PlantdxError(
-            f"the checkpoint knows {len(module.class_names)} classes and the data has {len(manifest.classes)}; "
-            "they must be the same, in the same order"
-        )
     datamodule = PlantDataModule(dataset_cfg, manifest)
-    loader = datamodule._loader(split, shuffle=False)  # type: ignore[arg-type]
+    loader = datamodule.eval_loader(split)  # type: ignore[arg-type]
     with torch.inference_mode():
         logits, labels = predict_logits(module, loader)
     report = compute_report(logits, labels, manifest.classes)
@@ -261,21 +231,47 @@ def evaluate(
     files = write_report_artifacts(report, logits, labels, out, prefix=split)
     eval_run_id = None
     if log_to_mlflow:
-        mlflow.set_tracking_uri(settings.tracking.uri)
-        experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else mlflow.create_experiment(settings.tracking.experiment, local_artifact_uri(settings.tracking))
-        )
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{split}") as run:
-            mlflow.set_tags({"plantdx.kind": "evaluation", "plantdx.source_run": run_id or "", "plantdx.split": split})
-            mlflow.log_params({"checkpoint": str(checkpoint), "data.manifest_sha256": manifest.digest})
-            mlflow.log_metrics(report.metrics(f"{split}/"))
-            for path in files:
-                mlflow.log_artifact(str(path), "evaluation")
-            eval_run_id = run.info.run_id
+        eval_run_id = _log_evaluation(settings, report, files, split, checkpoint, run_id, manifest.digest)
     return EvaluationResult(report=report, checkpoint=checkpoint, artifacts=files, mlflow_run_id=eval_run_id)
+
+
+def _log_evaluation(
+    settings: Settings,
+    report: EvalReport,
+    files: list[Path],
+    split: str,
+    checkpoint: Path,
+    source_run: str | None,
+    data_hash: str,
+) -> str:
+    """An MLflow run of its own (kind=evaluation) that points back at the run it scored."""
+    from mlflow import MlflowClient
+
+    from plantdx.train import local_artifact_uri
+
+    client = MlflowClient(settings.tracking.uri)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(settings.tracking.experiment, local_artifact_uri(settings.tracking))
+    )
+    run = client.create_run(experiment_id, run_name=f"evaluate-{split}")
+    run_id = str(run.info.run_id)
+    for key, value in {
+        "plantdx.kind": "evaluation",
+        "plantdx.source_run": source_run or "",
+        "plantdx.split": split,
+    }.items():
+        client.set_tag(run_id, key, value)
+    client.log_param(run_id, "checkpoint", str(checkpoint))
+    client.log_param(run_id, "data.manifest_sha256", data_hash)
+    for name, score in report.metrics(f"{split}/").items():
+        client.log_metric(run_id, name, score)
+    for path in files:
+        client.log_artifact(run_id, str(path), "evaluation")
+    client.set_terminated(run_id)
+    return run_id
 
 
 @dataclass(frozen=True)

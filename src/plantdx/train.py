@@ -26,8 +26,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from plantdx.config import Settings, TrackingConfig, TrainConfig
 from plantdx.data.datamodule import PlantDataModule
-from plantdx.data.split import manifest_for, write_manifest
+from plantdx.data.split import Manifest, manifest_for, read_manifest, write_manifest
 from plantdx.data.transforms import preprocess_spec
+from plantdx.errors import PlantdxError, TrackingError
 from plantdx.evaluate import EvalReport, compute_report, write_report_artifacts
 from plantdx.model import BackboneFreeze, PlantClassifier
 
@@ -119,6 +120,53 @@ def predict_logits(
             logits.append(module(x.to(module.device)).float().cpu().numpy())
             labels.append(y.numpy())
     return np.concatenate(logits), np.concatenate(labels)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    module: PlantClassifier
+    manifest: Manifest
+    checkpoint: Path
+    run_id: str | None
+
+
+def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: str | None = None) -> TrainedModel:
+    """A checkpoint and the split it was trained on: from an MLflow run (its own manifest) or a file.
+
+    With a bare checkpoint file the split comes from the settings, so ``dataset.seed`` must match the run's.
+    """
+    if (checkpoint is None) == (run_id is None):
+        raise PlantdxError("give exactly one of a checkpoint path or an MLflow run id")
+    manifest = None
+    if run_id is not None:
+        import mlflow
+
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, tracking_uri=settings.tracking.uri))
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot fetch the artifacts of run {run_id} from {settings.tracking.uri}: {exc}"
+            ) from None
+        found = sorted((folder / "checkpoints").glob("*.ckpt"))
+        if not found:
+            raise TrackingError(f"run {run_id} logged no checkpoint")
+        checkpoint = next((p for p in found if p.name == "best.ckpt"), found[0])
+        if (folder / "manifest.csv").is_file():
+            manifest = read_manifest(folder / "manifest.csv")
+    assert checkpoint is not None
+    if not checkpoint.is_file():
+        raise PlantdxError(f"checkpoint not found: {checkpoint}")
+    module = PlantClassifier.load_from_checkpoint(
+        checkpoint, map_location="cpu", pretrained=False, pretrained_path=None
+    )
+    if manifest is None:
+        manifest = manifest_for(settings.dataset)
+    if manifest.classes != module.class_names:
+        raise PlantdxError(
+            f"the checkpoint knows {len(module.class_names)} classes and the data has {len(manifest.classes)}; "
+            "they must be the same, in the same order"
+        )
+    return TrainedModel(module.eval(), manifest, checkpoint, run_id)
 
 
 def train(settings: Settings) -> TrainResult:

@@ -14,12 +14,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from plantdx.config import DatasetConfig
 from plantdx.data.split import Manifest, ManifestRow, Split
-from plantdx.data.transforms import (
-    create_eval_transform,
-    create_train_transform,
-    load_rgb,
-    resize_shorter,
-)
+from plantdx.data.transforms import create_eval_transform, create_train_transform
+from plantdx.images import load_rgb, resize_shorter
 
 
 def seed_worker(worker_id: int) -> None:  # noqa: ARG001 (DataLoader passes it)
@@ -157,11 +153,15 @@ class PlantDataModule(L.LightningDataModule):
             sampler = WeightedRandomSampler(per_sample.tolist(), len(targets), generator=generator)
         return self._loader("train", shuffle=True, sampler=sampler)
 
+    def eval_loader(self, split: Split) -> DataLoader[tuple[torch.Tensor, int]]:
+        """Any split, in manifest order, with the deterministic eval transform for val/test."""
+        return self._loader(split, shuffle=False)
+
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        return self._loader("val", shuffle=False)
+        return self.eval_loader("val")
 
     def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
-        return self._loader("test", shuffle=False)
+        return self.eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         return self.test_dataloader()

@@ -6,37 +6,12 @@ time, so the eval transform and serving agree to the pixel; albumentations does 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import numpy as np
 from albumentations.pytorch import ToTensorV2
-from PIL import Image, ImageOps
 
 from plantdx.config import DatasetConfig
-
-PIL_INTERPOLATION = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "area": Image.Resampling.BOX,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode, apply EXIF orientation, convert anything (grayscale, RGBA, CMYK) to RGB."""
-    with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
-
-
-def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Resize so the shorter side is ``size``; returns HWC uint8."""
-    w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    if new != (w, h):
-        img = img.resize(new, PIL_INTERPOLATION[interpolation])
-    return np.asarray(img, dtype=np.uint8)
 
 
 def create_train_transform(cfg: DatasetConfig) -> A.Compose:

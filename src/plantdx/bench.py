@@ -1,0 +1,138 @@
+"""``plantdx bench``: how fast each runtime of one bundle is on this machine.
+
+Single-image latency (p50/p99) and batch throughput for PyTorch eager, TorchScript, ONNX Runtime FP32 and INT8,
+all on the same preprocessed inputs and the same thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantdx.bundle import load_bundle
+from plantdx.inference import create_session
+
+
+@dataclass(frozen=True)
+class RuntimeBench:
+    runtime: str
+    p50_ms: float | None
+    p99_ms: float | None
+    batch: int
+    throughput_ips: float | None
+    note: str = ""
+
+
+def _time(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return sorted(out)
+
+
+def _measure(name: str, single: Callable[[], Any], batched: Callable[[], Any], batch: int, runs: int) -> RuntimeBench:
+    lat = _time(single, runs, warmup=max(5, runs // 10))
+    bt = _time(batched, max(5, runs // 10), warmup=2)
+    return RuntimeBench(
+        name,
+        float(np.percentile(lat, 50)),
+        float(np.percentile(lat, 99)),
+        batch,
+        batch / (float(np.median(bt)) / 1000),
+    )
+
+
+def bench_bundle(
+    bundle_dir: Path, *, threads: int, runs: int = 300, batch: int = 32, checkpoint: Path | None = None
+) -> list[RuntimeBench]:
+    bundle = load_bundle(bundle_dir)
+    size = int(bundle.preprocess["crop"])
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    xb = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+    results: list[RuntimeBench] = []
+
+    import torch
+
+    torch.set_num_threads(threads)
+    eager = _eager_model(checkpoint)
+    if eager is None:
+        results.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
+    else:
+        t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
+        with torch.inference_mode():
+            results.append(_measure("pytorch-eager", lambda: eager(t1), lambda: eager(tb), batch, runs))
+    ts_path = bundle.path / "model.ts"
+    if ts_path.is_file():
+        scripted = torch.jit.load(str(ts_path))  # type: ignore[no-untyped-call]
+        t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
+        with torch.inference_mode():
+            results.append(_measure("torchscript", lambda: scripted(t1), lambda: scripted(tb), batch, runs))
+    else:
+        results.append(RuntimeBench("torchscript", None, None, batch, None, "bundle has no model.ts"))
+    for name, path in (("onnxruntime-fp32", bundle.onnx_path), ("onnxruntime-int8", bundle.int8_path)):
+        if path is None:
+            reason = bundle.card.get("int8", {}).get("reason", "not in bundle")
+            results.append(RuntimeBench(name, None, None, batch, None, f"not in bundle: {reason}"))
+            continue
+        results.append(_measure_onnx(name, path, threads, x1, xb, runs))
+    return results
+
+
+def _measure_onnx(name: str, path: Path, threads: int, x1: np.ndarray, xb: np.ndarray, runs: int) -> RuntimeBench:
+    session = create_session(path, threads=threads)
+    return _measure(
+        name,
+        lambda: session.run(["logits"], {"image": x1}),
+        lambda: session.run(["logits"], {"image": xb}),
+        len(xb),
+        runs,
+    )
+
+
+def _eager_model(checkpoint: Path | None) -> Any:
+    if checkpoint is None:
+        return None
+    from plantdx.model import PlantClassifier
+
+    module = PlantClassifier.load_from_checkpoint(
+        checkpoint, map_location="cpu", pretrained=False, pretrained_path=None
+    )
+    return module.model.eval()
+
+
+def write_results(results: list[RuntimeBench], bundle_dir: Path, threads: int, out_dir: Path) -> Path:
+    card = load_bundle(bundle_dir, verify=False).card
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model_runtimes.json"
+    path.write_text(
+        json.dumps(
+            {
+                "bundle": str(bundle_dir),
+                "architecture": card.get("architecture"),
+                "input_size": card.get("input_size"),
+                "threads": threads,
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return path

@@ -1,0 +1,491 @@
+"""Export a trained model into a bundle: ONNX (dynamic batch), INT8, TorchScript, calibration, drift reference.
+
+Every number that goes into ``card.json`` is measured here through the bundle's own numpy+PIL preprocessing and
+ONNX Runtime, i.e. the path that serving takes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+import plantdx
+from plantdx.bundle import load_bundle, write_card
+from plantdx.config import Settings
+from plantdx.data.split import Manifest, ManifestRow
+from plantdx.data.transforms import preprocess_spec
+from plantdx.errors import PlantdxError
+from plantdx.evaluate import EvalReport, compute_report, expected_calibration_error
+from plantdx.images import load_rgb, resize_shorter, to_input
+from plantdx.inference import create_session, softmax
+from plantdx.model import PlantClassifier, PlantCNN
+from plantdx.monitor import image_features, reference_profile
+
+OPSET = 18
+
+
+class ExportError(PlantdxError):
+    """The model cannot be exported as asked, or the export does not match the model."""
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    n: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    p50_ms: float
+    p99_ms: float
+    runs: int
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    card: dict[str, Any]
+
+
+# -- the graphs -------------------------------------------------------------------------------------------------
+
+
+def _graph_kind(model: nn.Module) -> str:
+    if isinstance(model, PlantCNN):
+        return "plant_cnn"
+    if isinstance(model, torchvision.models.ResNet):
+        return "resnet"
+    if all(hasattr(model, a) for a in ("features", "avgpool", "classifier")):
+        return "features_avgpool_classifier"  # torchvision MobileNet, EfficientNet, ConvNeXt, ...
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return "timm"
+    return "logits_only"
+
+
+class ExportGraph(nn.Module):
+    """The served graph: ``logits``, plus the pooled ``embedding`` (drift monitoring) and the last spatial feature
+    map ``features`` (class-activation heat maps) where the architecture has them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = _graph_kind(model)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"] if self.kind == "logits_only" else ["logits", "embedding", "features"]
+
+    def forward(self, x: torch.Tensor) -> Any:
+        m: Any = self.model
+        if self.kind == "logits_only":
+            return m(x)
+        if self.kind == "plant_cnn":
+            fmap = m.features(x)
+            emb = m.pool(fmap).flatten(1)
+            logits = m.classifier(emb)
+        elif self.kind == "resnet":
+            y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+            fmap = m.layer4(m.layer3(m.layer2(m.layer1(y))))
+            emb = m.avgpool(fmap).flatten(1)
+            logits = m.fc(emb)
+        elif self.kind == "features_avgpool_classifier":
+            fmap = m.features(x)
+            emb = m.avgpool(fmap).flatten(1)
+            logits = m.classifier(emb)
+        else:
+            fmap = m.forward_features(x)
+            emb = m.forward_head(fmap, pre_logits=True)
+            logits = m.forward_head(fmap)
+        return logits, emb, fmap
+
+
+def export_onnx(model: nn.Module, image_size: int, path: Path) -> Path:
+    """ONNX with input ``image`` [batch, 3, crop, crop] (dynamic batch) and output ``logits`` (+ ``embedding``,
+    ``features`` where the architecture has them).
+
+    torch 2.14 exports through ``torch.export`` (dynamo) by default, which needs the ``onnx`` and ``onnxscript``
+    packages; weights stay inside the one file (``external_data=False``).
+    """
+    import onnx
+
+    graph = ExportGraph(model.eval().cpu()).eval()
+    example = torch.randn(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = torch.onnx.export(
+        graph,
+        (example,),
+        input_names=["image"],
+        output_names=graph.output_names,
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        external_data=False,
+        dynamo=True,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, image_size: int, path: Path) -> Path:
+    """Legacy: TorchScript is in maintenance upstream; kept because the design asks for it and for C++ users."""
+    model = model.eval().cpu()
+    with torch.inference_mode():
+        traced = torch.jit.trace(model, torch.randn(1, 3, image_size, image_size), check_trace=False)  # type: ignore[no-untyped-call]
+    traced.save(str(path))  # type: ignore[no-untyped-call]
+    return path
+
+
+class _Reader:
+    """ONNX Runtime calibration reader over preprocessed images, one at a time."""
+
+    def __init__(self, inputs: np.ndarray, name: str) -> None:
+        self._items: Iterator[np.ndarray] = iter(inputs)
+        self._name = name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        item = next(self._items, None)
+        return None if item is None else {self._name: item[None].astype(np.float32)}
+
+
+def quantize_int8(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    """Static INT8, QDQ format, per-channel weights, calibrated on preprocessed training images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            prepared,
+            out,
+            calibration_data_reader=_Reader(calibration, "image"),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return out
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
+
+
+def onnx_outputs(session: Any, inputs: np.ndarray, names: Sequence[str], batch_size: int = 64) -> list[np.ndarray]:
+    parts = [session.run(list(names), {"image": inputs[i : i + batch_size]}) for i in range(0, len(inputs), batch_size)]
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
+
+
+def onnx_logits(session: Any, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return onnx_outputs(session, inputs, ["logits"], batch_size)[0]
+
+
+def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    model = model.eval().cpu()
+    with torch.inference_mode():
+        return np.concatenate(
+            [model(torch.from_numpy(inputs[i : i + batch_size])).numpy() for i in range(0, len(inputs), batch_size)]
+        )
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, *, max_diff: float, min_agreement: float) -> ParityResult:
+    diff = float(np.abs(reference - candidate).max())
+    agreement = float((reference.argmax(1) == candidate.argmax(1)).mean())
+    return ParityResult(len(reference), diff, agreement, diff <= max_diff and agreement >= min_agreement)
+
+
+def single_image_latency(session: Any, example: np.ndarray, runs: int = 200, warmup: int = 20) -> LatencyResult:
+    x = example[None].astype(np.float32)
+    for _ in range(warmup):
+        session.run(["logits"], {"image": x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(["logits"], {"image": x})
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return LatencyResult(statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))], runs)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL (a 1-D convex problem in log T: golden-section search)."""
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, float(np.exp(log_t)))
+        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float, floor: float) -> float:
+    """Lowest confidence above which validation accuracy reaches ``target_accuracy`` (never below ``floor``)."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == labels
+    for t in np.linspace(floor, 0.99, 99):
+        kept = confidence >= t
+        if kept.any() and correct[kept].mean() >= target_accuracy:
+            return float(t)
+    return 0.99
+
+
+# -- the bundle ---------------------------------------------------------------------------------------------------
+
+
+def _inputs(root: Path, rows: Sequence[ManifestRow], spec: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Preprocessed model inputs plus the resized uint8 images (for the drift profile)."""
+    resized = [resize_shorter(load_rgb(root / r.path), int(spec["resize"]), str(spec["interpolation"])) for r in rows]
+    return np.stack([to_input(img, spec) for img in resized]), resized
+
+
+def _sample(rows: list[ManifestRow], n: int, seed: int) -> list[ManifestRow]:
+    if len(rows) <= n:
+        return rows
+    rng = np.random.default_rng(seed)
+    return [rows[i] for i in sorted(rng.choice(len(rows), n, replace=False))]
+
+
+def export_bundle(
+    settings: Settings,
+    module: PlantClassifier,
+    manifest: Manifest,
+    out: Path,
+    *,
+    run_id: str | None = None,
+    extra_card: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Write a complete, verified bundle for ``module`` into ``out`` (replaced if it exists)."""
+    cfg = settings.export
+    classes = list(module.class_names)
+    if classes != manifest.classes:
+        raise ExportError("the model's classes differ from the manifest's")
+    data_cfg = settings.dataset.model_copy(update={"image_size": int(module.hparams["image_size"])})
+    spec = preprocess_spec(data_cfg)
+    root = data_cfg.root
+    index = {c: i for i, c in enumerate(classes)}
+    started = time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model = module.model.eval().cpu()
+
+    onnx_path = export_onnx(model, spec["crop"], out / "model.onnx")
+    session = create_session(onnx_path, threads=settings.export.threads)
+
+    test_rows = manifest.split("test")
+    test_x, _ = _inputs(root, test_rows, spec)
+    test_y = np.array([index[r.label] for r in test_rows])
+    test_logits = onnx_logits(session, test_x)
+    onnx_parity = parity(torch_logits(model, test_x), test_logits, max_diff=cfg.parity_max_diff, min_agreement=1.0)
+    if not onnx_parity.passed:
+        raise ExportError(f"ONNX export does not match PyTorch on the test images: {onnx_parity}")
+
+    val_rows = manifest.split("val")
+    val_x, _ = _inputs(root, val_rows, spec)
+    val_y = np.array([index[r.label] for r in val_rows])
+    val_logits = onnx_logits(session, val_x)
+    temperature = fit_temperature(val_logits, val_y)
+    threshold = abstain_threshold(
+        softmax(val_logits, temperature), val_y, cfg.abstain_target_accuracy, cfg.abstain_floor
+    )
+    test_report = compute_report(test_logits, test_y, classes)
+    calibrated_ece = expected_calibration_error(softmax(test_logits, temperature), test_y)
+    calibration = {
+        "temperature": temperature,
+        "abstain_threshold": threshold,
+        "fitted_on": "val",
+        "val_images": len(val_rows),
+        "abstain_target_accuracy": cfg.abstain_target_accuracy,
+        "test_ece_before": test_report.ece,
+        "test_ece_after": calibrated_ece,
+        "test_abstain_rate": float((softmax(test_logits, temperature).max(1) < threshold).mean()),
+    }
+    (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+
+    train_rows = _sample(manifest.split("train"), cfg.reference_images, settings.dataset.seed)
+    train_x, train_images = _inputs(root, train_rows, spec)
+    has_embedding = "embedding" in {o.name for o in session.get_outputs()}
+    train_out = onnx_outputs(session, train_x, ["logits", "embedding"] if has_embedding else ["logits"])
+    profile = reference_profile(
+        [image_features(img) for img in train_images],
+        softmax(train_out[0], temperature),
+        classes,
+        manifest.digest,
+        embeddings=train_out[1] if has_embedding else None,
+    )
+    (out / "reference.json").write_text(json.dumps(profile) + "\n")
+    (out / "labels.json").write_text(json.dumps(classes) + "\n")
+    (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
+
+    fp32_latency = single_image_latency(session, test_x[0])
+    int8 = _try_int8(
+        cfg,
+        onnx_path,
+        out,
+        train_x[: cfg.int8_calibration_images],
+        test_x,
+        test_y,
+        test_report,
+        fp32_latency,
+        classes,
+        settings.export.threads,
+    )
+    torchscript: dict[str, Any] = {"kept": False}
+    if cfg.torchscript:
+        export_torchscript(model, spec["crop"], out / "model.ts")
+        torchscript = {"kept": True, "status": "legacy: TorchScript is in maintenance upstream; prefer model.onnx"}
+
+    card = {
+        "name": settings.tracking.registered_model,
+        "architecture": module.hparams["model_name"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "classes": len(classes),
+        "input_size": spec["crop"],
+        "outputs": [o.name for o in session.get_outputs()],
+        "class_activation_map": _cam_ready(model),
+        "metrics": {
+            "test_accuracy": test_report.accuracy,
+            "test_f1_macro": test_report.f1_macro,
+            "test_ece": calibrated_ece,
+            "test_ece_uncalibrated": test_report.ece,
+            "test_images": test_report.n,
+            "test_f1_per_class": {c: s.f1 for c, s in test_report.per_class.items()},
+        },
+        "latency_ms": {
+            "onnx_fp32_p50": fp32_latency.p50_ms,
+            "onnx_fp32_p99": fp32_latency.p99_ms,
+            "threads": settings.export.threads,
+        },
+        "parity": {"onnx": asdict(onnx_parity), **({"int8": int8["parity"]} if "parity" in int8 else {})},
+        "int8": int8,
+        "torchscript": torchscript,
+        "data": {"manifest_sha256": manifest.digest, "images": len(manifest.rows), "root": str(root)},
+        "run_id": run_id,
+        "seed": settings.train.seed,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "plantdx_version": plantdx.__version__,
+        "torch_version": torch.__version__,
+        "machine": platform.machine(),
+        "export_wall_time_s": round(time.perf_counter() - started, 1),
+        **(extra_card or {}),
+    }
+    card = write_card(out, card)
+    load_bundle(out)  # what we wrote must pass the same check that serving applies
+    return ExportResult(bundle=out, card=card)
+
+
+def _cam_ready(model: nn.Module) -> bool:
+    """A heat map from ``features`` and the last linear layer is exact only when the head is pooling + linear."""
+    kind = _graph_kind(model)
+    m: Any = model
+    if kind == "plant_cnn":
+        return True
+    if kind == "resnet":
+        return isinstance(m.fc, nn.Linear) or (
+            isinstance(m.fc, nn.Sequential) and len([x for x in m.fc if isinstance(x, nn.Linear)]) == 1
+        )
+    if kind == "features_avgpool_classifier":
+        return len([x for x in m.classifier if isinstance(x, nn.Linear)]) == 1
+    return False
+
+
+def _try_int8(
+    cfg: Any,
+    onnx_path: Path,
+    out: Path,
+    calibration: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    fp32_report: EvalReport,
+    fp32_latency: LatencyResult,
+    classes: list[str],
+    threads: int | None,
+) -> dict[str, Any]:
+    """Quantise, then keep ``model.int8.onnx`` only if it is fast enough and accurate enough; say why if not."""
+    if not cfg.int8:
+        return {"kept": False, "reason": "disabled in settings (export.int8=false)"}
+    path = out / "model.int8.onnx"
+    try:
+        quantize_int8(onnx_path, calibration, path)
+    except Exception as exc:  # an op the quantiser cannot handle must not sink the whole export
+        path.unlink(missing_ok=True)
+        return {"kept": False, "reason": f"quantisation failed: {type(exc).__name__}: {exc}"}
+    session = create_session(path, threads=threads)
+    logits = onnx_logits(session, test_x)
+    report = compute_report(logits, test_y, classes)
+    latency = single_image_latency(session, test_x[0])
+    speedup = fp32_latency.p50_ms / latency.p50_ms
+    drop_points = (fp32_report.accuracy - report.accuracy) * 100
+    agreement = float((logits.argmax(1) == test_y).mean())
+    result: dict[str, Any] = {
+        "calibration_images": len(calibration),
+        "method": "onnxruntime static QDQ, per-channel int8 weights, int8 activations, MinMax calibration",
+        "test_accuracy": report.accuracy,
+        "accuracy_drop_points": drop_points,
+        "p50_ms": latency.p50_ms,
+        "fp32_p50_ms": fp32_latency.p50_ms,
+        "speedup": speedup,
+        "parity": {"top1_agreement_with_labels": agreement, "n": report.n},
+    }
+    reasons = []
+    if speedup < cfg.int8_min_speedup:
+        reasons.append(f"speedup {speedup:.2f}x is below {cfg.int8_min_speedup}x")
+    if drop_points > cfg.int8_max_accuracy_drop:
+        reasons.append(f"accuracy drops {drop_points:.2f} points, more than {cfg.int8_max_accuracy_drop}")
+    if reasons:
+        path.unlink()
+        return {**result, "kept": False, "reason": "; ".join(reasons)}
+    return {**result, "kept": True}
+
+
+def export(
+    settings: Settings,
+    out: Path,
+    *,
+    run_id: str | None = None,
+    checkpoint: Path | None = None,
+    version: str | None = None,
+    extra_card: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export the best checkpoint of a run (or a checkpoint file, or the run behind a registered version)."""
+    from plantdx.train import load_trained
+
+    if version is not None:
+        from plantdx.registry import Registry
+
+        run_id = Registry(settings.tracking, settings.gate).get(version).run_id
+        if run_id is None:
+            raise ExportError(f"version {version} of {settings.tracking.registered_model} has no run to export from")
+    trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
+    return export_bundle(settings, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card)

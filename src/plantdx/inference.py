@@ -1,0 +1,144 @@
+"""``Predictor``: a bundle run by ONNX Runtime, with the bundle's own pre- and post-processing.
+
+No torch, Lightning or timm here (a test checks it in a subprocess): serving and outside users need only
+onnxruntime, numpy and PIL.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from plantdx.bundle import Bundle, load_bundle
+from plantdx.images import load_rgb, preprocess
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    top_k: list[tuple[str, float]]
+    abstained: bool
+    reason: str | None
+    logits: list[float] = field(repr=False)
+
+
+def create_session(model_path: Path, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
+    """CPU session with full graph optimisation; spinning off, since idle threads burning a core slow a server."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class Predictor:
+    """Classifies images with a bundle: calibrated confidence, top-k, and abstention below the threshold."""
+
+    def __init__(
+        self,
+        bundle: Bundle | Path,
+        *,
+        threads: int | None = None,
+        int8: bool = False,
+        top_k: int = 3,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        model_path = self.bundle.int8_path if int8 and self.bundle.int8_path is not None else self.bundle.onnx_path
+        self.runtime = "onnxruntime-int8" if model_path.name == "model.int8.onnx" else "onnxruntime"
+        self.session = create_session(model_path, threads)
+        spec = self.bundle.preprocess
+        self.spec = spec
+        self.input_name = str(spec["input_name"])
+        self.output_name = str(spec["output_name"])
+        self.labels = self.bundle.labels
+        self.temperature = self.bundle.temperature
+        self.threshold = self.bundle.abstain_threshold
+        self.top_k = top_k
+
+    @property
+    def input_size(self) -> int:
+        return int(self.spec["crop"])
+
+    def preprocess(self, image: Image.Image | bytes | Path) -> np.ndarray:
+        if isinstance(image, bytes):
+            image = load_rgb(io.BytesIO(image))
+        elif isinstance(image, Path):
+            image = load_rgb(image)
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        return preprocess(image, self.spec)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for an NCHW float32 batch."""
+        outputs = self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})
+        return np.asarray(outputs[0])
+
+    def postprocess(self, logits: np.ndarray, top_k: int | None = None) -> list[Prediction]:
+        k = min(top_k or self.top_k, len(self.labels))
+        probs = softmax(logits, self.temperature)
+        out = []
+        for row_logits, row in zip(logits, probs, strict=True):
+            order = np.argsort(-row)
+            best = int(order[0])
+            confidence = float(row[best])
+            abstained = confidence < self.threshold
+            out.append(
+                Prediction(
+                    label=self.labels[best],
+                    confidence=confidence,
+                    probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
+                    top_k=[(self.labels[int(i)], float(row[int(i)])) for i in order[:k]],
+                    abstained=abstained,
+                    reason=(
+                        f"confidence {confidence:.2f} is below the abstain threshold {self.threshold:.2f}"
+                        if abstained
+                        else None
+                    ),
+                    logits=[float(x) for x in row_logits],
+                )
+            )
+        return out
+
+    def predict(self, images: Sequence[Image.Image | bytes | Path], top_k: int | None = None) -> list[Prediction]:
+        if not images:
+            return []
+        batch = np.stack([self.preprocess(img) for img in images])
+        return self.postprocess(self.logits(batch), top_k)
+
+    def predict_one(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> Prediction:
+        return self.predict([image], top_k)[0]
+
+    def describe(self) -> dict[str, Any]:
+        card = self.bundle.card
+        return {
+            "architecture": card.get("architecture"),
+            "classes": self.labels,
+            "runtime": self.runtime,
+            "input_size": self.input_size,
+            "temperature": self.temperature,
+            "abstain_threshold": self.threshold,
+            "metrics": card.get("metrics", {}),
+        }
+
+
+def default_bundle_path() -> Path:
+    """The bundle that ships inside the package: ``plantdx serve`` works on a fresh machine with nothing else."""
+    return Path(__file__).resolve().parent / "default_bundle"

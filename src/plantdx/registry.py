@@ -1,0 +1,262 @@
+"""The MLflow Model Registry, with aliases: the only module that talks to it.
+
+A bundle is logged as run artifacts (``bundle/``) and registered as a version of ``tracking.registered_model``
+with its test metrics, data hash and git commit as tags; a new version gets the alias ``challenger``. ``promote``
+moves ``champion`` only through the gate; ``rollback`` moves it back along the recorded history.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from plantdx.bundle import Bundle, load_bundle
+from plantdx.config import GateConfig, TrackingConfig
+from plantdx.errors import PlantdxError, TrackingError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "plantdx.champion_history"
+
+
+class PromotionRefusedError(PlantdxError):
+    """The candidate did not pass the gate; the message lists every reason."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    aliases: list[str]
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass
+class GateResult:
+    candidate: str
+    champion: str | None
+    accepted: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def _version_tags(card: dict[str, Any], git_commit: str | None) -> dict[str, str]:
+    metrics = card.get("metrics", {})
+    parity = card.get("parity", {}).get("onnx", {})
+    tags = {
+        "test_accuracy": str(metrics.get("test_accuracy")),
+        "test_f1_macro": str(metrics.get("test_f1_macro")),
+        "test_ece": str(metrics.get("test_ece")),
+        "test_f1_per_class": json.dumps(metrics.get("test_f1_per_class", {})),
+        "parity_passed": str(bool(parity.get("passed"))).lower(),
+        "data_hash": str(card.get("data", {}).get("manifest_sha256")),
+        "architecture": str(card.get("architecture")),
+        "git_commit": git_commit or "unknown",
+    }
+    return tags
+
+
+class Registry:
+    def __init__(self, tracking: TrackingConfig, gate: GateConfig | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking = tracking
+        self.gate_cfg = gate or GateConfig()
+        self.name = tracking.registered_model
+        self.client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    def _info(self, mv: Any) -> VersionInfo:
+        return VersionInfo(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id,
+            source=mv.source,
+            aliases=list(mv.aliases or []),
+            tags=dict(mv.tags or {}),
+        )
+
+    def get(self, version: str | int) -> VersionInfo:
+        try:
+            return self._info(self.client.get_model_version(self.name, str(version)))
+        except Exception as exc:
+            raise TrackingError(f"model {self.name} has no version {version} at {self.tracking.uri}: {exc}") from None
+
+    def by_alias(self, alias: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version_by_alias(self.name, alias))
+        except MlflowException:
+            return None
+
+    def versions(self) -> list[VersionInfo]:
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    def _ensure_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self.client.create_registered_model(self.name, description="plantdx leaf disease classifier bundles")
+
+    def _bundle_run(self, card: dict[str, Any]) -> str:
+        """A run to hold a bundle that has none (e.g. one trained elsewhere or shipped in the package)."""
+        experiment = self.client.get_experiment_by_name(self.tracking.experiment)
+        if experiment is None:
+            from plantdx.train import local_artifact_uri
+
+            experiment_id = self.client.create_experiment(self.tracking.experiment, local_artifact_uri(self.tracking))
+        else:
+            experiment_id = experiment.experiment_id
+        run = self.client.create_run(experiment_id, run_name=f"bundle-{card.get('architecture')}")
+        self.client.set_tag(run.info.run_id, "plantdx.kind", "bundle")
+        self.client.set_terminated(run.info.run_id)
+        return str(run.info.run_id)
+
+    def _existing_run(self, run_id: str | None) -> str | None:
+        """The card's run, if this tracking store has it (a bundle may come from another store)."""
+        if not run_id:
+            return None
+        try:
+            return str(self.client.get_run(run_id).info.run_id)
+        except Exception:
+            return None
+
+    def register(self, bundle_dir: Path, run_id: str | None = None, git_commit: str | None = None) -> VersionInfo:
+        """Log the bundle under the run's ``bundle/`` artifacts, register it, and point ``challenger`` at it."""
+        bundle = load_bundle(bundle_dir)  # never register a bundle that would be refused at serving time
+        run_id = run_id or self._existing_run(bundle.card.get("run_id")) or self._bundle_run(bundle.card)
+        try:
+            self.client.log_artifacts(run_id, str(bundle_dir), "bundle")
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/bundle"
+            self._ensure_model()
+            mv = self.client.create_model_version(
+                self.name, source, run_id=run_id, tags=_version_tags(bundle.card, git_commit)
+            )
+            self.client.set_registered_model_alias(self.name, CHALLENGER, str(mv.version))
+        except PlantdxError:
+            raise
+        except Exception as exc:
+            raise TrackingError(f"cannot register {bundle_dir} at {self.tracking.uri}: {exc}") from None
+        return self.get(mv.version)
+
+    # -- the gate --------------------------------------------------------------------------------------------------
+
+    def gate(self, candidate: VersionInfo) -> GateResult:
+        cfg = self.gate_cfg
+        champion = self.by_alias(CHAMPION)
+        result = GateResult(candidate=candidate.version, champion=champion.version if champion else None, accepted=True)
+        if candidate.tags.get("parity_passed") != "true":
+            result.reasons.append("its bundle did not pass the ONNX parity check")
+        metric = float(candidate.tags.get(cfg.metric, "nan"))
+        result.checks["candidate_" + cfg.metric] = metric
+        if metric != metric:  # NaN: the tag is missing
+            result.reasons.append(f"it has no {cfg.metric} tag")
+        if champion is not None and champion.version != candidate.version:
+            base = float(champion.tags.get(cfg.metric, "nan"))
+            result.checks["champion_" + cfg.metric] = base
+            ours, theirs = candidate.tags.get("data_hash", "?"), champion.tags.get("data_hash", "?")
+            if ours != theirs:
+                result.reasons.append(
+                    f"it was scored on another test split than champion v{champion.version} "
+                    f"(data hash {ours[:12]} vs {theirs[:12]})"
+                )
+            if not metric >= base + cfg.margin:
+                result.reasons.append(
+                    f"{cfg.metric} {metric:.4f} does not beat champion v{champion.version}'s {base:.4f} "
+                    f"by the required margin {cfg.margin}"
+                )
+            cand_f1 = json.loads(candidate.tags.get("test_f1_per_class", "{}"))
+            base_f1 = json.loads(champion.tags.get("test_f1_per_class", "{}"))
+            worse = {
+                c: base_f1[c] - cand_f1.get(c, 0.0)
+                for c in base_f1
+                if base_f1[c] - cand_f1.get(c, 0.0) > cfg.max_class_drop
+            }
+            result.checks["classes_worse_than_allowed"] = worse
+            for cls, drop in sorted(worse.items(), key=lambda kv: -kv[1]):
+                result.reasons.append(f"class {cls} F1 drops by {drop:.4f} (allowed {cfg.max_class_drop})")
+        result.accepted = not result.reasons
+        return result
+
+    def promote(self, version: str | int | None = None, *, force: bool = False) -> GateResult:
+        """Move ``champion`` to ``version`` (default: the challenger) if the gate accepts it, or if forced."""
+        candidate = self.get(version) if version is not None else self.by_alias(CHALLENGER)
+        if candidate is None:
+            raise PromotionRefusedError(f"model {self.name} has no challenger to promote; register one first")
+        result = self.gate(candidate)
+        if not result.accepted and not force:
+            raise PromotionRefusedError(f"v{candidate.version} not promoted: " + "; ".join(result.reasons))
+        previous = self.by_alias(CHAMPION)
+        self.client.set_registered_model_alias(self.name, CHAMPION, candidate.version)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.client.set_model_version_tag(self.name, candidate.version, "promoted_at", now)
+        if force and not result.accepted:
+            self.client.set_model_version_tag(
+                self.name, candidate.version, "forced_promotion", "; ".join(result.reasons)
+            )
+        history = self._history()
+        if previous is not None and (not history or history[-1] != previous.version):
+            history.append(previous.version)
+        history.append(candidate.version)
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history[-50:]))
+        return result
+
+    def _history(self) -> list[str]:
+        tags = self.client.get_registered_model(self.name).tags or {}
+        return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+
+    def rollback(self) -> VersionInfo:
+        """Point ``champion`` back at the version it had before the last promotion."""
+        history = self._history()
+        current = self.by_alias(CHAMPION)
+        if current is None or len(history) < 2:
+            raise PromotionRefusedError(f"model {self.name} has no earlier champion to roll back to")
+        history.pop()
+        target = history[-1]
+        self.client.set_registered_model_alias(self.name, CHAMPION, target)
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history))
+        self.client.set_model_version_tag(self.name, current.version, "rolled_back_at", datetime.now(UTC).isoformat())
+        return self.get(target)
+
+    # -- serving side ----------------------------------------------------------------------------------------------
+
+    def resolve(self, alias: str = CHAMPION, cache_dir: Path | None = None) -> Bundle:
+        """Download the bundle behind ``alias`` (or a version number) and verify it."""
+        import mlflow
+
+        info = self.get(alias) if alias.isdigit() else self.by_alias(alias)
+        if info is None:
+            raise TrackingError(f"model {self.name} has no version with alias {alias!r} at {self.tracking.uri}")
+        target = (cache_dir or Path(".plantdx") / "bundles") / self.name / info.version
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = self.client.get_model_version_download_uri(self.name, info.version)
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(target.parent / "tmp"), tracking_uri=self.tracking.uri
+                )
+            )
+        except Exception as exc:
+            raise TrackingError(f"cannot download v{info.version} of {self.name}: {exc}") from None
+        shutil.move(str(local), target)
+        shutil.rmtree(target.parent / "tmp", ignore_errors=True)
+        return load_bundle(target)

@@ -1,0 +1,109 @@
+"""Export: a trained model becomes a verified bundle whose ONNX graph matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from plantdx.bundle import BundleError, load_bundle, write_card
+from plantdx.config import Settings
+from plantdx.data.datamodule import PlantDataModule
+from plantdx.export import ExportResult, fit_temperature, onnx_logits, quantize_int8, torch_logits
+from plantdx.images import load_rgb
+from plantdx.inference import Predictor, softmax
+from plantdx.train import TrainResult
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundle_has_every_file_and_a_card_that_covers_them(exported: ExportResult) -> None:
+    names = {p.name for p in exported.bundle.iterdir()}
+    assert {"model.onnx", "labels.json", "preprocess.json", "calibration.json", "reference.json", "card.json"} <= names
+    assert "model.ts" in names
+    card = exported.card
+    assert set(card["files"]) == names - {"card.json"}
+    assert card["parity"]["onnx"]["passed"] is True
+    assert card["parity"]["onnx"]["top1_agreement"] == 1.0
+    for key in ("architecture", "metrics", "data", "created_at", "plantdx_version", "latency_ms", "int8"):
+        assert key in card
+    assert card["int8"]["kept"] or card["int8"]["reason"]  # kept, or the card says why not
+    spec = json.loads((exported.bundle / "preprocess.json").read_text())
+    assert spec["input_name"] == "image" and spec["output_name"] == "logits" and spec["layout"] == "NCHW"
+
+
+def test_onnx_has_a_dynamic_batch_axis(exported: ExportResult) -> None:
+    session = ort.InferenceSession(str(exported.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    assert inp.name == "image" and isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]
+    assert session.get_outputs()[0].name == "logits"
+    for batch in (1, 5):
+        (logits,) = session.run(["logits"], {"image": np.zeros((batch, 3, 32, 32), np.float32)})
+        assert logits.shape == (batch, 3)
+
+
+def test_torch_and_numpy_preprocessing_agree_on_images(
+    exported: ExportResult, trained_tiny: tuple[Settings, TrainResult]
+) -> None:
+    """The albumentations eval transform (training) and the bundle's numpy+PIL path (serving) give the same input,
+    and the model gives the same answer on both."""
+    settings, result = trained_tiny
+    from plantdx.train import load_trained
+
+    trained = load_trained(settings, checkpoint=result.best_checkpoint)
+    dm = PlantDataModule(settings.dataset.model_copy(update={"image_size": 32}), trained.manifest)
+    predictor = Predictor(exported.bundle)
+    rows = trained.manifest.split("test")
+    torch_x = torch.stack([dm.dataset("test")[i][0] for i in range(len(rows))]).numpy()
+    numpy_x = np.stack([predictor.preprocess(load_rgb(settings.dataset.root / r.path)) for r in rows])
+    np.testing.assert_allclose(torch_x, numpy_x, atol=1e-5)
+    torch_out = torch_logits(trained.module.model, torch_x)
+    onnx_out = predictor.logits(numpy_x)
+    assert (torch_out.argmax(1) == onnx_out.argmax(1)).all()
+    assert np.abs(torch_out - onnx_out).max() < 1e-3
+
+
+def test_int8_quantisation_keeps_the_answers(exported: ExportResult, tmp_path: Path) -> None:
+    bundle = load_bundle(exported.bundle)
+    rng = np.random.default_rng(0)
+    calib = rng.normal(0, 1, (40, 3, 32, 32)).astype(np.float32)
+    path = quantize_int8(bundle.onnx_path, calib, tmp_path / "int8.onnx")
+    fp32 = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert any(n.op_type == "QuantizeLinear" for n in __import__("onnx").load(str(path)).graph.node)
+    a, b = onnx_logits(fp32, calib), onnx_logits(int8, calib)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+    assert np.abs(a - b).max() < 0.5 * (np.abs(a).max() + 1e-6)
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
+    # The model is 3x overconfident: its logits are the true ones times 3.
+    assert fit_temperature(true_logits * 3, labels) == pytest.approx(3.0, rel=0.1)
+
+
+def test_a_bundle_with_a_missing_or_altered_file_is_refused(exported: ExportResult, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(exported.bundle, tmp_path / "b"))
+    load_bundle(copy)
+    (copy / "labels.json").write_text(json.dumps(["x", "y", "z"]))
+    with pytest.raises(BundleError, match="labels.json .* does not match its card"):
+        load_bundle(copy)
+    shutil.copy(exported.bundle / "labels.json", copy / "labels.json")
+    (copy / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="missing model.onnx"):
+        load_bundle(copy)
+    shutil.copy(exported.bundle / "model.onnx", copy / "model.onnx")
+    card = json.loads((copy / "card.json").read_text())
+    del card["files"]
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="no file hashes"):
+        load_bundle(copy)
+    write_card(copy, card)
+    assert load_bundle(copy).labels == load_bundle(exported.bundle).labels  # re-carded, it loads again

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from plantdx.images import center_crop, load_rgb, preprocess, resize_shorter
+
+
+def test_resize_shorter_keeps_aspect() -> None:
+    assert resize_shorter(Image.new("RGB", (200, 100)), 50).shape == (50, 100, 3)
+    assert resize_shorter(Image.new("RGB", (30, 60)), 60).shape == (120, 60, 3)  # upsamples small images
+
+
+def test_load_rgb_applies_exif_and_converts_modes(tmp_path: Path) -> None:
+    Image.new("L", (10, 20), 128).save(tmp_path / "gray.png")
+    assert load_rgb(tmp_path / "gray.png").mode == "RGB"
+    Image.new("RGBA", (10, 20), (1, 2, 3, 4)).save(tmp_path / "rgba.png")
+    assert load_rgb(tmp_path / "rgba.png").mode == "RGB"
+    Image.new("CMYK", (10, 20)).save(tmp_path / "cmyk.jpg")
+    assert load_rgb(tmp_path / "cmyk.jpg").mode == "RGB"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    Image.new("RGB", (40, 20)).save(tmp_path / "rot.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rot.jpg").size == (20, 40)
+
+
+def test_center_crop_offsets() -> None:
+    image = np.arange(5 * 7).reshape(5, 7, 1)
+    crop = center_crop(image, 3)
+    assert crop.shape == (3, 3, 1) and crop[0, 0, 0] == image[1, 2, 0]
+
+
+def test_preprocess_follows_the_spec() -> None:
+    spec = {"resize": 8, "crop": 4, "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    out = preprocess(Image.new("RGB", (16, 8), (255, 0, 255)), spec)
+    assert out.shape == (3, 4, 4) and out.dtype == np.float32
+    assert np.allclose(out[0], 1.0) and np.allclose(out[1], -1.0)

@@ -1,0 +1,136 @@
+"""The registry round trip on the embedded SQLite store and on a live `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plantdx.bundle import load_bundle, write_card
+from plantdx.config import GateConfig, TrackingConfig
+from plantdx.export import ExportResult
+from plantdx.registry import CHALLENGER, CHAMPION, PromotionRefusedError, Registry
+
+pytestmark = pytest.mark.slow
+
+
+def variant(exported: ExportResult, folder: Path, accuracy: float, f1: float, per_class_drop: float = 0.0) -> Path:
+    """A copy of the exported bundle whose card claims other test scores (re-carded, so it verifies)."""
+    copy = Path(shutil.copytree(exported.bundle, folder))
+    card = json.loads((copy / "card.json").read_text())
+    card["metrics"]["test_accuracy"] = accuracy
+    card["metrics"]["test_f1_macro"] = f1
+    per_class = card["metrics"]["test_f1_per_class"]
+    first = sorted(per_class)[0]
+    card["metrics"]["test_f1_per_class"] = {c: (v - per_class_drop if c == first else v) for c, v in per_class.items()}
+    card.pop("files")
+    write_card(copy, card)
+    return copy
+
+
+def round_trip(registry: Registry, exported: ExportResult, tmp_path: Path) -> None:
+    base = variant(exported, tmp_path / "base", 0.90, 0.90)
+    v1 = registry.register(base, git_commit="abc123")
+    assert v1.version == "1" and CHALLENGER in v1.aliases
+    assert v1.tags["git_commit"] == "abc123" and v1.tags["parity_passed"] == "true"
+    assert v1.tags["data_hash"] == exported.card["data"]["manifest_sha256"]
+    assert float(v1.tags["test_f1_macro"]) == 0.90
+
+    registry.promote()  # no champion yet: the gate only checks parity and metrics exist
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+
+    worse = registry.register(variant(exported, tmp_path / "worse", 0.85, 0.85))
+    with pytest.raises(PromotionRefusedError, match=r"test_f1_macro 0\.8500 does not beat champion v1's 0\.9000"):
+        registry.promote(worse.version)
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+
+    one_class_worse = registry.register(variant(exported, tmp_path / "uneven", 0.95, 0.95, per_class_drop=0.1))
+    with pytest.raises(PromotionRefusedError, match="F1 drops by 0.1000"):
+        registry.promote(one_class_worse.version)
+
+    better = registry.register(variant(exported, tmp_path / "better", 0.95, 0.95))
+    result = registry.promote(better.version)
+    assert result.accepted and registry.by_alias(CHAMPION).version == better.version  # type: ignore[union-attr]
+
+    forced = registry.promote(worse.version, force=True)
+    assert not forced.accepted
+    assert "does not beat" in registry.get(worse.version).tags["forced_promotion"]
+    assert registry.by_alias(CHAMPION).version == worse.version  # type: ignore[union-attr]
+
+    assert registry.rollback().version == better.version
+    assert registry.by_alias(CHAMPION).version == better.version  # type: ignore[union-attr]
+
+    bundle = registry.resolve(CHAMPION, cache_dir=tmp_path / "cache")
+    assert bundle.card["metrics"]["test_f1_macro"] == 0.95
+    assert bundle.labels == load_bundle(exported.bundle).labels
+    assert (bundle.path / "model.onnx").read_bytes() == (exported.bundle / "model.onnx").read_bytes()
+
+
+def test_registry_round_trip_on_sqlite(exported: ExportResult, tmp_path: Path) -> None:
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'reg.db'}", artifact_location=str(tmp_path / "art"))
+    round_trip(Registry(tracking, GateConfig()), exported, tmp_path)
+
+
+def test_nothing_to_promote_or_roll_back(tmp_path: Path) -> None:
+    registry = Registry(TrackingConfig(uri=f"sqlite:///{tmp_path / 'empty.db'}", artifact_location=str(tmp_path)))
+    with pytest.raises(PromotionRefusedError, match="no challenger"):
+        registry.promote()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback: SQLite backend, proxied artifact store, job execution off."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+        "--artifacts-destination", str(tmp / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(tmp / 'server.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    else:
+        proc.terminate()
+        raise RuntimeError("mlflow server did not become healthy in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_registry_round_trip_on_a_live_mlflow_server(
+    exported: ExportResult, mlflow_server: str, tmp_path: Path
+) -> None:
+    tracking = TrackingConfig(uri=mlflow_server, experiment="plantdx-server-test")
+    round_trip(Registry(tracking, GateConfig()), exported, tmp_path)
