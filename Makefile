@@ -9,7 +9,7 @@ export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke test lint format
+.PHONY: help install train smoke test lint format default-model bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,14 @@ train: install ## train the default CPU recipe (configs/default.yaml) on the Pla
 
 smoke: install ## one short epoch on a slice of the real images (configs/smoke.yaml)
 	$(BIN)/plantdx train -c configs/smoke.yaml
+
+default-model: install ## retrain the bundled model from scratch (~1 h on 2 cores) and export it into the package
+	$(BIN)/plantdx train -c configs/default_model.yaml --result-json runs/default-model.json
+	$(BIN)/plantdx export -c configs/default_model.yaml --train-result runs/default-model.json \
+		-o src/plantdx/default_bundle
+
+bench: install ## latency/throughput of every runtime of the bundled model -> benchmarks/results/
+	$(BIN)/plantdx bench --threads 2
 
 test: install ## run the whole test suite (unit, real-data, training, DDP)
 	$(BIN)/pytest

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
+from conftest import make_leaf
 from plantdx.bundle import BundleError, load_bundle, write_card
 from plantdx.config import Settings
 from plantdx.data.datamodule import PlantDataModule
@@ -75,7 +79,7 @@ def test_int8_quantisation_keeps_the_answers(exported: ExportResult, tmp_path: P
     path = quantize_int8(bundle.onnx_path, calib, tmp_path / "int8.onnx")
     fp32 = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert any(n.op_type == "QuantizeLinear" for n in __import__("onnx").load(str(path)).graph.node)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
     a, b = onnx_logits(fp32, calib), onnx_logits(int8, calib)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
     assert np.abs(a - b).max() < 0.5 * (np.abs(a).max() + 1e-6)
@@ -107,3 +111,24 @@ def test_a_bundle_with_a_missing_or_altered_file_is_refused(exported: ExportResu
         load_bundle(copy)
     write_card(copy, card)
     assert load_bundle(copy).labels == load_bundle(exported.bundle).labels  # re-carded, it loads again
+
+
+def test_class_activation_maps_average_to_the_logits(exported: ExportResult) -> None:
+    """logits = W . GAP(F) + b, and cam_k = W_k . F, so GAP(cam_k) differs from logit_k by the constant bias b_k."""
+    session = ort.InferenceSession(str(exported.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding", "cam"]
+    x = np.random.default_rng(0).normal(0, 1, (6, 3, 32, 32)).astype(np.float32)
+    logits, embedding, cam = session.run(["logits", "embedding", "cam"], {"image": x})
+    assert cam.shape[:2] == (6, 3) and embedding.shape[0] == 6
+    bias = logits - cam.mean(axis=(2, 3))
+    assert np.abs(bias - bias[0]).max() < 1e-4
+    assert exported.card["class_activation_map"] is True
+
+
+def test_explain_returns_a_heat_map_png(exported: ExportResult) -> None:
+    predictor = Predictor(exported.bundle)
+    prediction, png = predictor.explain(make_leaf("Crop___Spot", 3))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    heat = Image.open(io.BytesIO(png))
+    assert heat.size == (32, 32) and heat.mode == "RGBA"
+    assert prediction.label == predictor.predict_one(make_leaf("Crop___Spot", 3)).label

@@ -194,6 +194,8 @@ def train(
                     "wall_time_s": result.wall_time_s,
                     "test_accuracy": result.test.accuracy,
                     "test_f1_macro": result.test.f1_macro,
+                    "seed": settings.train.seed,
+                    "command": " ".join(["plantdx", *sys.argv[1:]]),
                 },
                 indent=2,
             )
@@ -234,6 +236,9 @@ def export_cmd(
     version: Annotated[str | None, typer.Option(help="... or the run behind this registered version.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write.")] = Path("bundle"),
     register: Annotated[bool, typer.Option(help="Also register the bundle (alias challenger).")] = False,
+    train_result: Annotated[
+        Path | None, typer.Option(help="`plantdx train --result-json` output: its run, command and wall time.")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -241,10 +246,15 @@ def export_cmd(
     from plantdx.export import export
 
     settings = _settings(config, set_)
+    extra: dict[str, Any] = {"export_command": " ".join(["plantdx", *sys.argv[1:]])}
+    if train_result is not None:
+        training = json.loads(train_result.read_text())
+        extra["training"] = training
+        run_id = run_id or training.get("run_id")
     if sum(x is not None for x in (run_id, checkpoint, version)) != 1:
-        raise PlantdxError("give exactly one of --run-id, --checkpoint or --version")
+        raise PlantdxError("give exactly one of --run-id, --checkpoint, --version or --train-result")
     with err_console.status("exporting and measuring the bundle"):
-        result = export(settings, output, run_id=run_id, checkpoint=checkpoint, version=version)
+        result = export(settings, output, run_id=run_id, checkpoint=checkpoint, version=version, extra_card=extra)
     _print_card(result.card)
     console.print(f"bundle written to {result.bundle}")
     if register:

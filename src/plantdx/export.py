@@ -78,18 +78,38 @@ def _graph_kind(model: nn.Module) -> str:
     return "logits_only"
 
 
+def _last_linear(model: nn.Module, kind: str) -> nn.Linear | None:
+    """The classifier's linear layer, when the head is global pooling then exactly one linear layer."""
+    m: Any = model
+    head = {
+        "plant_cnn": getattr(m, "classifier", None),
+        "resnet": getattr(m, "fc", None),
+        "features_avgpool_classifier": getattr(m, "classifier", None),
+    }.get(kind)
+    if isinstance(head, nn.Linear):
+        return head
+    if isinstance(head, nn.Sequential):
+        linears = [x for x in head if isinstance(x, nn.Linear)]
+        return linears[0] if len(linears) == 1 else None
+    return None
+
+
 class ExportGraph(nn.Module):
-    """The served graph: ``logits``, plus the pooled ``embedding`` (drift monitoring) and the last spatial feature
-    map ``features`` (class-activation heat maps) where the architecture has them."""
+    """The served graph: ``logits``; the pooled ``embedding`` (drift monitoring); and ``cam`` [batch, classes, h, w],
+    the class-activation maps (last feature map weighted by the classifier), so serving draws heat maps without
+    torch. Outputs other than ``logits`` exist only where the architecture allows them."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.kind = _graph_kind(model)
+        self.cam_layer = _last_linear(model, self.kind)
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits"] if self.kind == "logits_only" else ["logits", "embedding", "features"]
+        if self.kind == "logits_only":
+            return ["logits"]
+        return ["logits", "embedding", "cam"] if self.cam_layer is not None else ["logits", "embedding"]
 
     def forward(self, x: torch.Tensor) -> Any:
         m: Any = self.model
@@ -112,12 +132,15 @@ class ExportGraph(nn.Module):
             fmap = m.forward_features(x)
             emb = m.forward_head(fmap, pre_logits=True)
             logits = m.forward_head(fmap)
-        return logits, emb, fmap
+        if self.cam_layer is None:
+            return logits, emb
+        cam = torch.einsum("kc,bchw->bkhw", self.cam_layer.weight, fmap)
+        return logits, emb, cam
 
 
 def export_onnx(model: nn.Module, image_size: int, path: Path) -> Path:
-    """ONNX with input ``image`` [batch, 3, crop, crop] (dynamic batch) and output ``logits`` (+ ``embedding``,
-    ``features`` where the architecture has them).
+    """ONNX with input ``image`` [batch, 3, crop, crop] (dynamic batch) and output ``logits`` [batch, classes]
+    (+ ``embedding`` and ``cam`` where the architecture has them, see ``ExportGraph``).
 
     torch 2.14 exports through ``torch.export`` (dynamo) by default, which needs the ``onnx`` and ``onnxscript``
     packages; weights stay inside the one file (``external_data=False``).
@@ -373,7 +396,7 @@ def export_bundle(
         "classes": len(classes),
         "input_size": spec["crop"],
         "outputs": [o.name for o in session.get_outputs()],
-        "class_activation_map": _cam_ready(model),
+        "class_activation_map": "cam" in {o.name for o in session.get_outputs()},
         "metrics": {
             "test_accuracy": test_report.accuracy,
             "test_f1_macro": test_report.f1_macro,
@@ -403,21 +426,6 @@ def export_bundle(
     card = write_card(out, card)
     load_bundle(out)  # what we wrote must pass the same check that serving applies
     return ExportResult(bundle=out, card=card)
-
-
-def _cam_ready(model: nn.Module) -> bool:
-    """A heat map from ``features`` and the last linear layer is exact only when the head is pooling + linear."""
-    kind = _graph_kind(model)
-    m: Any = model
-    if kind == "plant_cnn":
-        return True
-    if kind == "resnet":
-        return isinstance(m.fc, nn.Linear) or (
-            isinstance(m.fc, nn.Sequential) and len([x for x in m.fc if isinstance(x, nn.Linear)]) == 1
-        )
-    if kind == "features_avgpool_classifier":
-        return len([x for x in m.classifier if isinstance(x, nn.Linear)]) == 1
-    return False
 
 
 def _try_int8(

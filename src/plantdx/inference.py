@@ -117,6 +117,23 @@ class Predictor:
             )
         return out
 
+    @property
+    def can_explain(self) -> bool:
+        return "cam" in {o.name for o in self.session.get_outputs()}
+
+    def explain(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> tuple[Prediction, bytes]:
+        """The prediction and a class-activation heat map (RGBA PNG, the size of the model's input crop).
+
+        The graph itself outputs the maps (last feature map weighted by the classifier), so no torch is needed.
+        """
+        if not self.can_explain:
+            raise ValueError(f"the {self.bundle.card.get('architecture')} bundle has no class-activation output")
+        x = self.preprocess(image)[None]
+        logits, cam = self.session.run([self.output_name, "cam"], {self.input_name: x})
+        prediction = self.postprocess(np.asarray(logits), top_k)[0]
+        index = self.labels.index(prediction.label)
+        return prediction, heatmap_png(np.asarray(cam)[0, index], self.input_size)
+
     def predict(self, images: Sequence[Image.Image | bytes | Path], top_k: int | None = None) -> list[Prediction]:
         if not images:
             return []
@@ -137,6 +154,29 @@ class Predictor:
             "abstain_threshold": self.threshold,
             "metrics": card.get("metrics", {}),
         }
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """0..1 -> RGB: dark blue, cyan, yellow, red (a perceptually ordered ramp, no matplotlib needed)."""
+    stops = np.array([[0.0, 0.0, 0.5], [0.0, 0.8, 1.0], [1.0, 0.9, 0.0], [0.85, 0.0, 0.0]])
+    pos = values * (len(stops) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(stops) - 2)
+    frac = (pos - lo)[..., None]
+    return np.asarray(stops[lo] * (1 - frac) + stops[lo + 1] * frac)
+
+
+def heatmap_png(cam: np.ndarray, size: int) -> bytes:
+    """One class-activation map -> an RGBA PNG whose opacity follows the activation (overlay it on the photo)."""
+    positive = np.maximum(cam.astype(np.float32), 0)
+    span = float(positive.max())
+    norm = positive / span if span > 0 else positive
+    small = Image.fromarray((norm * 255).astype(np.uint8), mode="L")
+    big = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    rgb = (_colormap(big) * 255).astype(np.uint8)
+    alpha = (np.clip(big, 0, 1) * 200).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(out, format="PNG")
+    return out.getvalue()
 
 
 def default_bundle_path() -> Path:

@@ -154,8 +154,14 @@ class PlantDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True, sampler=sampler)
 
     def eval_loader(self, split: Split) -> DataLoader[tuple[torch.Tensor, int]]:
-        """Any split, in manifest order, with the deterministic eval transform for val/test."""
-        return self._loader(split, shuffle=False)
+        """Any split, in manifest order, always with the deterministic eval transform (train included)."""
+        if split != "train":
+            return self._loader(split, shuffle=False)
+        rows = self.manifest.split("train")
+        dataset = LeafDataset(
+            rows, self.classes, create_eval_transform(self.cfg), self.cache, use_cache=self.cfg.cache_images
+        )
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         return self.eval_loader("val")
