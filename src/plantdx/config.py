@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -138,6 +138,37 @@ class TrackingConfig(_Section):
     run_name: str | None = None
 
 
+class ServeConfig(_Section):
+    """The diagnosis service. One uvicorn worker per process by design: scale with processes or pods."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model: str | None = Field(
+        None, description="a bundle folder or models:/<name>@<alias>; default: the bundle shipped in the package"
+    )
+    fallback_to_default: bool = Field(True, description="serve the bundled model when the registry is unreachable")
+    threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per inference stream")
+    streams: int = Field(2, ge=1, description="parallel inference streams (ONNX Runtime sessions)")
+    decode_workers: int = Field(4, ge=1, description="threads that decode and preprocess uploads")
+    batching: bool = Field(True, description="let concurrent requests share ONNX Runtime calls")
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
+    queue_size: int = Field(256, ge=1, description="requests waiting for inference before the service sheds load")
+    request_timeout_ms: float = Field(2000, gt=0, description="a queued request older than this gets a fast 503")
+    max_upload_bytes: int = Field(10 * 2**20, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused before they are decoded")
+    max_batch_images: int = Field(16, ge=1)
+    top_k: int = Field(3, ge=1)
+    rate_limit: str = Field("600/minute", description="per API key (X-API-Key), else per client address")
+    redis_url: str | None = Field(None, description="jobs (Celery) and shared rate limits; none: in-process")
+    job_ttl_s: int = Field(3600, ge=1)
+    job_workers: int = Field(1, ge=1, description="in-process job workers")
+    cors_origins: list[str] = Field(default_factory=list, description="closed by default")
+    trusted_proxies: list[str] = Field(default_factory=list, description="whose X-Forwarded-For is believed")
+    drain_timeout_s: float = Field(20.0, gt=0)
+    log_level: str = "INFO"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Dumped into every MLflow run."""
 
@@ -153,6 +184,8 @@ class Settings(BaseSettings):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
+    admin_token: SecretStr | None = Field(None, description="PLANTDX_ADMIN_TOKEN; the admin routes exist only with it")
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
 
     def flat(self) -> dict[str, Any]:

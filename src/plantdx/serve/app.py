@@ -1,0 +1,115 @@
+"""``create_app(settings=None)``: the diagnosis service.
+
+The lifespan loads the model (a bundle, the registry's champion, or the bundled default), warms every inference
+stream, and only then reports ready; on shutdown it stops reporting ready, drains queued batches and jobs, and
+exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from slowapi.errors import RateLimitExceeded
+
+import plantdx
+from plantdx.config import Settings, load_settings
+from plantdx.serve.engine import Engine, ModelSource, load_model
+from plantdx.serve.errors import install_error_handlers
+from plantdx.serve.jobs import LocalJobs
+from plantdx.serve.limits import create_limiter, rate_limit_exceeded
+from plantdx.serve.metrics import Metrics
+from plantdx.serve.middleware import RequestContextMiddleware, configure_logging
+from plantdx.serve.routes.health import create_health_router
+from plantdx.serve.routes.model import create_admin_router, create_model_router
+from plantdx.serve.routes.predict import create_predict_router, diagnose
+
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("plantdx.serve")
+
+
+def create_app(settings: Settings | None = None, *, model: ModelSource | None = None) -> FastAPI:
+    """Build the app; ``model`` injects an already loaded model (tests), else the lifespan loads one."""
+    settings = settings or load_settings()
+    cfg = settings.serve
+    configure_logging(cfg.log_level)
+    metrics = Metrics()
+    engine = Engine(settings, metrics)
+
+    async def run_job(data: bytes, content_type: str | None, top_k: int | None) -> dict[str, object]:
+        prediction = await diagnose(engine, data, content_type, "job", top_k=top_k, explain=False)
+        return prediction.model_dump()
+
+    jobs = LocalJobs(
+        run_job,
+        workers=cfg.job_workers,
+        ttl_s=cfg.job_ttl_s,
+        max_queued=cfg.queue_size,
+        on_finish=lambda state: metrics.jobs.labels(state=state).inc(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loaded = model or load_model(settings)
+        await engine.start(loaded)
+        await jobs.start()
+        log.info(
+            "ready",
+            extra={
+                "fields": {
+                    "model": loaded.name,
+                    "version": loaded.version,
+                    "source": loaded.source,
+                    "degraded": loaded.degraded,
+                    "batching": cfg.batching,
+                    "streams": cfg.streams,
+                }
+            },
+        )
+        yield
+        log.info("draining")
+        engine.draining = True
+        await jobs.stop(cfg.drain_timeout_s)
+        await engine.stop()
+        log.info("stopped")
+
+    app = FastAPI(
+        title="plantdx",
+        version=plantdx.__version__,
+        summary="Plant disease diagnosis from a photo of a leaf.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.jobs = jobs
+    limiter = create_limiter(cfg)
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded)  # type: ignore[arg-type]
+    install_error_handlers(app)
+
+    app.include_router(create_predict_router(limiter, cfg.rate_limit))
+    app.include_router(create_model_router())
+    if settings.admin_token is not None:
+        app.include_router(create_admin_router())
+    app.include_router(create_health_router())
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    if cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    max_body = cfg.max_upload_bytes * cfg.max_batch_images * 4 // 3 + 2**20  # base64 inflates by 4/3
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=max_body)
+    return app

@@ -1,0 +1,144 @@
+"""Micro-batching: concurrent requests share one ONNX Runtime call.
+
+Ray Serve's fixed window (flush at ``max_batch_size`` or ``max_wait``) plus BentoML's cheap protections: a bounded
+queue that sheds load with a fast 503, a deadline per request (a request that waited too long is answered 503
+rather than computed for a client that gave up), and a cap on batches in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from plantdx.serve.errors import OverloadedError
+from plantdx.serve.metrics import Metrics
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    deadline: float
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_size: int,
+        timeout_ms: float,
+        max_in_flight: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.timeout = timeout_ms / 1000
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self.in_flight = asyncio.Semaphore(max_in_flight)
+        self.metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="plantdx-batcher")
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """Logits for one preprocessed image, computed together with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        item = _Item(x, loop.create_future(), time.monotonic() + self.timeout)
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise OverloadedError(
+                f"the inference queue is full ({self.queue.maxsize} waiting); retry shortly"
+            ) from None
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.queue.qsize())
+        return await item.future
+
+    async def _collect(self) -> list[_Item]:
+        first = await self.queue.get()
+        batch = [first]
+        until = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch_size:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                # Take what is already queued without waiting.
+                while len(batch) < self.max_batch_size and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            now = time.monotonic()
+            live = []
+            for item in batch:
+                if item.future.done():  # the client went away
+                    continue
+                if now > item.deadline:
+                    item.future.set_exception(
+                        OverloadedError(f"waited more than {self.timeout * 1000:.0f} ms for inference; retry")
+                    )
+                    if self.metrics is not None:
+                        self.metrics.shed.labels(reason="deadline").inc()
+                    continue
+                live.append(item)
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(self.queue.qsize())
+            if not live:
+                continue
+            await self.in_flight.acquire()
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(len(live))
+            started = time.perf_counter()
+            fut = loop.run_in_executor(self.executor, self.run_batch, np.stack([i.x for i in live]))
+            wrapped = asyncio.ensure_future(self._finish(fut, live, started))
+            self._pending.add(wrapped)
+            wrapped.add_done_callback(self._pending.discard)
+
+    async def _finish(self, fut: asyncio.Future[np.ndarray], items: list[_Item], started: float) -> None:
+        try:
+            logits = await fut
+        except Exception as exc:  # fan the failure out: every waiter gets it, none hangs
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            if self.metrics is not None:
+                self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            for item, row in zip(items, logits, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+        finally:
+            self.in_flight.release()
+
+    async def drain(self, timeout: float) -> None:
+        """Let queued and running batches finish (graceful shutdown), then stop the loop."""
+        deadline = time.monotonic() + timeout
+        while (not self.queue.empty() or self._pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

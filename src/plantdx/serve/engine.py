@@ -1,0 +1,209 @@
+"""The model being served, its inference streams and batcher, and the atomic swap that reload uses."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantdx.config import Settings
+from plantdx.inference import Prediction, Predictor, default_bundle_path
+from plantdx.serve.batching import MicroBatcher
+from plantdx.serve.metrics import Metrics
+from plantdx.serve.uploads import decode_upload
+
+log = logging.getLogger("plantdx.serve")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    predictor: Predictor
+    name: str
+    version: str
+    alias: str | None
+    source: str
+    degraded: str | None = None  # why this is not the configured model (e.g. the registry was unreachable)
+
+
+def _bundle_version(predictor: Predictor) -> str:
+    card = predictor.bundle.card
+    digest = hashlib.sha256(str(card.get("files", {}).get("model.onnx", "")).encode()).hexdigest()[:8]
+    return str(card.get("version") or f"bundle-{digest}")
+
+
+def load_model(settings: Settings) -> ModelSource:
+    """Resolve ``serve.model``: a bundle folder, ``models:/<name>@<alias>``, or (default) the bundled model.
+
+    When the registry cannot be reached and ``fallback_to_default`` is on, the bundled model is served and the
+    reason is kept, so ``/health`` says so instead of the service refusing to start.
+    """
+    cfg = settings.serve
+    threads = cfg.threads
+    spec = cfg.model
+    if spec is not None and spec.startswith("models:/"):
+        from plantdx.registry import Registry
+
+        name, _, alias = spec.removeprefix("models:/").partition("@")
+        if not alias and "/" in name:
+            name, alias = name.split("/", 1)
+        alias = alias or "champion"
+        tracking = settings.tracking.model_copy(update={"registered_model": name})
+        try:
+            bundle = Registry(tracking, settings.gate).resolve(alias, cache_dir=Path(".plantdx") / "bundles")
+            predictor = Predictor(bundle, threads=threads, top_k=cfg.top_k)
+            version = bundle.path.name
+            return ModelSource(predictor, name, version, alias if not alias.isdigit() else None, spec)
+        except Exception as exc:
+            if not cfg.fallback_to_default:
+                raise
+            reason = f"could not resolve {spec} ({type(exc).__name__}: {exc}); serving the bundled model"
+            log.warning(reason)
+            predictor = Predictor(default_bundle_path(), threads=threads, top_k=cfg.top_k)
+            return ModelSource(predictor, "plantdx", _bundle_version(predictor), None, "bundled", degraded=reason)
+    path = Path(spec) if spec is not None else default_bundle_path()
+    predictor = Predictor(path, threads=threads, top_k=cfg.top_k)
+    return ModelSource(
+        predictor,
+        str(predictor.bundle.card.get("name", "plantdx")),
+        _bundle_version(predictor),
+        None,
+        str(path) if spec is not None else "bundled",
+    )
+
+
+@dataclass
+class ModelRuntime:
+    """One model with its own batcher: a request keeps the runtime it started on, so a swap never mixes inputs
+    preprocessed for one model into another's batch."""
+
+    model: ModelSource
+    infer_pool: ThreadPoolExecutor
+    batcher: MicroBatcher | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.model.predictor
+
+    async def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.batcher is not None:
+            return await self.batcher.submit(x)
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self.infer_pool, self.predictor.logits, x[None])
+        return np.asarray(out[0])
+
+
+class Engine:
+    """Owns the thread pools, the current runtime, and readiness."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.cfg = settings.serve
+        self.metrics = metrics
+        self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="plantdx-decode")
+        self.infer_pool = ThreadPoolExecutor(self.cfg.streams, thread_name_prefix="plantdx-infer")
+        self.runtime: ModelRuntime | None = None
+        self.ready = False
+        self.draining = False
+        self._swap_lock = asyncio.Lock()
+
+    def _runtime(self, model: ModelSource) -> ModelRuntime:
+        batcher = None
+        if self.cfg.batching:
+            batcher = MicroBatcher(
+                model.predictor.logits,
+                self.infer_pool,
+                max_batch_size=self.cfg.max_batch_size,
+                max_wait_ms=self.cfg.max_wait_ms,
+                queue_size=self.cfg.queue_size,
+                timeout_ms=self.cfg.request_timeout_ms,
+                max_in_flight=self.cfg.streams,
+                metrics=self.metrics,
+            )
+            batcher.start()
+        return ModelRuntime(model, self.infer_pool, batcher)
+
+    async def _warm_up(self, runtime: ModelRuntime) -> None:
+        """One batch through every stream before taking traffic: the first ONNX Runtime call is slow."""
+        size = runtime.predictor.input_size
+        x = np.zeros((max(1, self.cfg.max_batch_size), 3, size, size), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self.infer_pool, runtime.predictor.logits, x) for _ in range(self.cfg.streams))
+        )
+        if runtime.predictor.can_explain:
+            await loop.run_in_executor(self.infer_pool, runtime.predictor.session.run, None, {"image": x[:1]})
+
+    def _publish(self, model: ModelSource) -> None:
+        card = model.predictor.bundle.card
+        self.metrics.set_model(
+            model.version, str(card.get("architecture")), model.predictor.labels, model.predictor.runtime
+        )
+
+    async def start(self, model: ModelSource) -> None:
+        runtime = self._runtime(model)
+        await self._warm_up(runtime)
+        self.runtime = runtime
+        self._publish(model)
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
+        """Warm the new model, point new requests at it, then let the old one finish what it holds."""
+        async with self._swap_lock:
+            new = self._runtime(model)
+            await self._warm_up(new)
+            old, self.runtime = self.runtime, new
+            self._publish(model)
+            assert old is not None
+            if old.batcher is not None:
+                await old.batcher.drain(self.cfg.drain_timeout_s)
+            return old.model, model
+
+    def current(self) -> ModelRuntime:
+        from plantdx.serve.errors import NotReadyError
+
+        if self.runtime is None or not self.ready:
+            raise NotReadyError("the model is not loaded yet")
+        return self.runtime
+
+    async def diagnose(
+        self, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool
+    ) -> tuple[Prediction, bytes | None, ModelSource, float]:
+        """Untrusted bytes -> prediction (+ heat map): decode off the event loop, infer (batched), post-process."""
+        runtime = self.current()
+        predictor = runtime.predictor
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+
+        def prepare() -> tuple[Any, np.ndarray]:
+            img = decode_upload(data, content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+            return img, predictor.preprocess(img)
+
+        image, x = await loop.run_in_executor(self.decode_pool, prepare)
+        started = time.perf_counter()
+        heatmap = None
+        if explain and predictor.can_explain:
+            prediction, heatmap = await loop.run_in_executor(self.infer_pool, predictor.explain, image, top_k)
+        else:
+            logits = await runtime.logits(x)
+            prediction = predictor.postprocess(logits[None], top_k)[0]
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)
+        return prediction, heatmap, runtime.model, elapsed_ms
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.draining = True
+        self.metrics.ready.set(0)
+        if self.runtime is not None and self.runtime.batcher is not None:
+            await self.runtime.batcher.drain(self.cfg.drain_timeout_s)
+        self.decode_pool.shutdown(wait=True)
+        self.infer_pool.shutdown(wait=True)

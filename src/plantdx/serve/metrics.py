@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "plantdx_http_requests_total",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "plantdx_http_request_duration_seconds",
+            "Request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge("plantdx_http_requests_active", "Requests being served now", registry=r)
+        self.inference_seconds = Histogram(
+            "plantdx_model_inference_seconds", "ONNX Runtime time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "plantdx_batch_size", "Images per inference call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.queue_depth = Gauge("plantdx_queue_depth", "Images waiting for inference", registry=r)
+        self.shed = Counter("plantdx_shed_total", "Requests refused to protect latency", ["reason"], registry=r)
+        self.predictions = Counter("plantdx_predictions_total", "Predictions by class", ["label"], registry=r)
+        self.confidence = Histogram(
+            "plantdx_prediction_confidence",
+            "Calibrated confidence of predictions",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        self.abstentions = Counter("plantdx_abstentions_total", "Predictions the model abstained on", registry=r)
+        self.model_info = Info("plantdx_model", "The model being served", registry=r)
+        self.ready = Gauge("plantdx_ready", "1 when the service is ready for traffic", registry=r)
+        self.jobs = Counter("plantdx_jobs_total", "Async jobs by final state", ["state"], registry=r)
+
+    def set_model(self, version: str, architecture: str, classes: Sequence[str], runtime: str) -> None:
+        self.model_info.info(
+            {"version": version, "architecture": architecture, "classes": str(len(classes)), "runtime": runtime}
+        )
+
+    def observe_prediction(self, label: str, confidence: float, abstained: bool) -> None:
+        self.predictions.labels(label=label).inc()
+        self.confidence.observe(confidence)
+        if abstained:
+            self.abstentions.inc()

@@ -1,0 +1,148 @@
+"""One pure-ASGI middleware for what every request needs: an id, a size limit, metrics, one JSON log line, and
+security headers. Pure ASGI, not ``BaseHTTPMiddleware``: it adds no task per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from plantdx.serve.errors import error_body
+from plantdx.serve.metrics import Metrics
+
+access_log = logging.getLogger("plantdx.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"camera=(self), geolocation=(), microphone=()"),
+]
+PAGE_CSP = (
+    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; extra fields given as ``extra={"fields": {...}}`` are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        payload.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    for name in ("plantdx", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        self.metrics.active.inc()
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            status = 413
+            await self._reject(send, request_id, 413, "too_large", f"the request body exceeds {self.max_body} bytes")
+            self._finish(scope, request_id, status, started)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:  # chunked uploads have no Content-Length to check up front
+                    raise HTTPException(413, f"the request body exceeds {self.max_body} bytes")
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
+                if scope.get("path") in ("/", "/index.html"):
+                    extra.append((b"content-security-policy", PAGE_CSP))
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_wrapper)
+        finally:
+            self._finish(scope, request_id, status, started)
+
+    async def _reject(self, send: Send, request_id: str, status: int, code: str, message: str) -> None:
+        body = json.dumps(error_body(code, message)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    *SECURITY_HEADERS,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _finish(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        self.metrics.active.dec()
+        self.metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
+        self.metrics.latency.labels(route=path).observe(elapsed)
+        if path in ("/metrics", "/healthz", "/readyz"):
+            return  # probes and scrapes would drown the access log
+        state = scope.get("state", {})
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "route": path,
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 2),
+        }
+        for key in ("prediction", "confidence", "model_version", "abstained", "job_id"):
+            if key in state:
+                fields[key] = state[key]
+        access_log.info("request", extra={"fields": fields})

@@ -1,0 +1,202 @@
+"""Diagnosis routes: one photo, a batch of photos, and async jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from slowapi import Limiter
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from plantdx.serve.deps import EngineDep, JobsDep, RequestIdDep, SettingsDep
+from plantdx.serve.engine import Engine
+from plantdx.serve.errors import BadImageError, NotFoundError, ServiceError, error_body
+from plantdx.serve.schemas import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    ErrorDetail,
+    JobCreated,
+    JobStatus,
+    Prediction,
+)
+
+TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
+ExplainQuery = Annotated[bool, Query(description="add a class-activation heat map (PNG, base64)")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "malformed request",
+        413: "file or image too large",
+        415: "not a JPEG, PNG or WebP",
+        422: "unreadable image or invalid parameters",
+        429: "over the rate limit (see Retry-After)",
+        503: "shedding load or not ready (see Retry-After)",
+    }.items()
+}
+
+
+async def diagnose(
+    engine: Engine, data: bytes, content_type: str | None, request_id: str, *, top_k: int | None, explain: bool
+) -> Prediction:
+    prediction, heatmap, model, elapsed_ms = await engine.diagnose(data, content_type, top_k=top_k, explain=explain)
+    return Prediction.build(
+        prediction,
+        elapsed_ms=elapsed_ms,
+        version=model.version,
+        request_id=request_id,
+        heatmap=base64.b64encode(heatmap).decode() if heatmap is not None else None,
+    )
+
+
+def _remember(request: Request, p: Prediction) -> None:
+    """What the access log line reports about this request."""
+    state = request.scope.setdefault("state", {})
+    state.update(
+        prediction=p.prediction, confidence=round(p.confidence, 4), model_version=p.model_version, abstained=p.abstained
+    )
+
+
+def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["diagnosis"], responses=ERRORS)
+    limit = limiter.limit(rate_limit)
+
+    @router.post("/predict", response_model=Prediction)
+    @limit
+    async def predict(
+        request: Request,
+        response: Response,
+        engine: EngineDep,
+        request_id: RequestIdDep,
+        file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
+        top_k: TopKQuery = None,
+        explain: ExplainQuery = False,
+    ) -> Prediction:
+        """Diagnose one leaf photo."""
+        result = await diagnose(engine, await file.read(), file.content_type, request_id, top_k=top_k, explain=explain)
+        _remember(request, result)
+        return result
+
+    @router.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": BatchRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                            "required": ["files"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    @limit
+    async def predict_batch(
+        request: Request,
+        response: Response,
+        engine: EngineDep,
+        settings: SettingsDep,
+        request_id: RequestIdDep,
+        top_k: TopKQuery = None,
+    ) -> BatchResponse:
+        """Diagnose up to 16 photos (base64 JSON or multipart ``files``); a bad item gets its own error."""
+        limit_n = settings.serve.max_batch_images
+        items = await _batch_items(request, limit_n)
+
+        async def one(index: int, item: tuple[bytes, str | None] | ServiceError) -> BatchItem:
+            if isinstance(item, ServiceError):
+                return BatchItem(index=index, error=ErrorDetail(code=item.code, message=str(item)))
+            try:
+                p = await diagnose(engine, item[0], item[1], f"{request_id}-{index}", top_k=top_k, explain=False)
+            except ServiceError as exc:
+                return BatchItem(index=index, error=ErrorDetail(code=exc.code, message=str(exc)))
+            return BatchItem(index=index, prediction=p)
+
+        return BatchResponse(predictions=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(items)))))
+
+    @router.post("/jobs", response_model=JobCreated, status_code=202, tags=["jobs"])
+    @limit
+    async def create_job(
+        request: Request,
+        response: Response,
+        jobs: JobsDep,
+        file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
+        top_k: TopKQuery = None,
+    ) -> JobCreated:
+        """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
+        data = await file.read()
+        if not data:
+            raise BadImageError("the file is empty", code="empty_file")
+        job = await jobs.submit(data, file.content_type, top_k)
+        request.scope.setdefault("state", {})["job_id"] = job.job_id
+        return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
+
+    @router.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    async def get_job(job_id: str, jobs: JobsDep) -> JobStatus:
+        """The state of a job, and its result or error once it has one."""
+        job = await jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r} (unknown, or its result expired)")
+        return JobStatus.model_validate(job.public())
+
+    return router
+
+
+async def _batch_items(request: Request, limit: int) -> list[tuple[bytes, str | None] | ServiceError]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise _invalid(f"the body is not valid JSON: {exc}") from None
+        try:
+            batch = BatchRequest.model_validate(payload)
+        except ValueError as exc:
+            raise _invalid(f'expected {{"images": [base64, ...]}}: {exc}') from None
+        if len(batch.images) > limit:
+            raise _invalid(f"{len(batch.images)} images; send at most {limit} per batch")
+        out: list[tuple[bytes, str | None] | ServiceError] = []
+        for encoded in batch.images:
+            try:
+                out.append((base64.b64decode(encoded, validate=True), None))
+            except (binascii.Error, ValueError):
+                out.append(BadImageError("not valid base64", code="invalid_base64"))
+        return out
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+        files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload)]
+        if not files:
+            raise _invalid("no 'files' parts in the multipart body")
+        if len(files) > limit:
+            raise _invalid(f"{len(files)} images; send at most {limit} per batch")
+        return [(await f.read(), f.content_type) for f in files]
+    raise _Unsupported(f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}")
+
+
+class _Invalid(ServiceError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class _Unsupported(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+def _invalid(message: str) -> _Invalid:
+    return _Invalid(message)
+
+
+__all__ = ["create_predict_router", "diagnose", "error_body"]

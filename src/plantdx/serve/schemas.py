@@ -1,0 +1,140 @@
+"""Request and response schemas (pydantic v2); their examples are the OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plantdx.inference import Prediction as PredictionRecord
+
+
+class TopK(BaseModel):
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "prediction": "Tomato___Early_blight",
+                    "confidence": 0.97,
+                    "probabilities": {"Tomato___Early_blight": 0.97, "Tomato___Target_Spot": 0.02},
+                    "top_k": [
+                        {"label": "Tomato___Early_blight", "probability": 0.97},
+                        {"label": "Tomato___Target_Spot", "probability": 0.02},
+                    ],
+                    "abstained": False,
+                    "reason": None,
+                    "inference_time_ms": 2.4,
+                    "model_version": "3",
+                    "request_id": "0f8e6c1d2b4a4f6e9d7c5b3a19e2f4d6",
+                    "heatmap": None,
+                }
+            ]
+        },
+    )
+
+    prediction: str = Field(description="the most likely class, Crop___Disease (also given when abstaining)")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of that class")
+    probabilities: dict[str, float]
+    top_k: list[TopK]
+    abstained: bool = Field(description="true when the model is not sure; treat the prediction as a guess")
+    reason: str | None = None
+    inference_time_ms: float
+    model_version: str
+    request_id: str
+    heatmap: str | None = Field(None, description="with ?explain=true: RGBA PNG, base64, the model's input size")
+
+    @classmethod
+    def build(
+        cls, p: PredictionRecord, *, elapsed_ms: float, version: str, request_id: str, heatmap: str | None = None
+    ) -> Prediction:
+        return cls(
+            prediction=p.label,
+            confidence=p.confidence,
+            probabilities=p.probabilities,
+            top_k=[TopK(label=label, probability=prob) for label, prob in p.top_k],
+            abstained=p.abstained,
+            reason=p.reason,
+            inference_time_ms=round(elapsed_ms, 3),
+            model_version=version,
+            request_id=request_id,
+            heatmap=heatmap,
+        )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"images": ["/9j/4AAQSkZJRgABAQAAAQABAAD..."]}]}
+    )
+
+    images: list[str] = Field(min_length=1, description="base64-encoded JPEG, PNG or WebP images (16 at most)")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class BatchItem(BaseModel):
+    index: int
+    prediction: Prediction | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    predictions: list[BatchItem]
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed"]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    result: Prediction | None = None
+    error: ErrorDetail | None = None
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    alias: str | None
+    source: str
+    architecture: str | None
+    classes: list[str]
+    metrics: dict[str, Any]
+    runtime: str
+    input_size: int
+    temperature: float
+    abstain_threshold: float
+    loaded_at: float
+    degraded: str | None = None
+
+
+class ReloadResult(BaseModel):
+    previous_version: str
+    version: str
+    source: str
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "failing"]
+    checks: dict[str, Check]

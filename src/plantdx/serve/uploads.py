@@ -1,0 +1,62 @@
+"""Untrusted bytes -> a decoded RGB image, or a clear 4xx.
+
+Checks run cheapest first: size, magic bytes, the header's pixel count (before any pixel is decoded, so a
+decompression bomb costs microseconds), then the full decode.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from plantdx.serve.errors import BadImageError, TooLargeError, UnsupportedMediaError
+
+ALLOWED_TYPES = {"image/jpeg", "image/png", "image/webp"}
+# Browsers and HTTP clients send these for files they cannot name; the magic bytes decide then.
+NEUTRAL_TYPES = {"", "application/octet-stream"}
+
+
+def sniff(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    if not data:
+        raise BadImageError("the file is empty", code="empty_file")
+    if len(data) > max_bytes:
+        raise TooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    declared = (content_type or "").split(";")[0].strip().lower()
+    if declared not in ALLOWED_TYPES | NEUTRAL_TYPES:
+        raise UnsupportedMediaError(f"content type {declared!r} is not accepted; send JPEG, PNG or WebP")
+    actual = sniff(data)
+    if actual is None:
+        raise UnsupportedMediaError("the file is not a JPEG, PNG or WebP image (checked by its first bytes)")
+    if declared in ALLOWED_TYPES and declared != actual:
+        raise UnsupportedMediaError(f"the file is declared {declared} but its bytes are {actual}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            pixels = img.width * img.height
+            if pixels > max_pixels:
+                raise TooLargeError(f"the image is {img.width}x{img.height} pixels; the limit is {max_pixels} pixels")
+            if getattr(img, "n_frames", 1) > 1:
+                raise BadImageError("animated images are not accepted; send one photo", code="animated_image")
+            img.load()
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (TooLargeError, BadImageError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLargeError(f"the image has more than {max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise BadImageError("the image cannot be read", code="unreadable_image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"the image is truncated or corrupt: {exc}", code="corrupt_image") from None
