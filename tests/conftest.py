@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from plantdx.config import Settings, default_data_root, load_settings
@@ -123,3 +126,21 @@ def exported(trained_tiny: tuple[Settings, TrainResult], tmp_path_factory: pytes
 
     settings, result = trained_tiny
     return export(settings, tmp_path_factory.mktemp("bundle") / "bundle", run_id=result.run_id)
+
+
+def serve_settings(bundle: Path, *extra: str) -> Settings:
+    return load_settings(overrides=[f"serve.model={bundle}", "serve.log_level=WARNING", *extra])
+
+
+def jpeg(label: str = "Crop___Spot", seed: int = 1, size: int = 48) -> bytes:
+    buf = io.BytesIO()
+    make_leaf(label, seed, size).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def client(exported: ExportResult, clean_env: None) -> Iterator[TestClient]:  # noqa: ARG001
+    from plantdx.serve import create_app
+
+    with TestClient(create_app(serve_settings(exported.bundle))) as c:
+        yield c

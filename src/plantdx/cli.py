@@ -395,6 +395,71 @@ def predict(
     console.print(table)
 
 
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="A leaf photo.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heat map.")] = Path("heat.png"),
+    model: Annotated[Path | None, typer.Option(help="Bundle folder (default: the bundled model).")] = None,
+) -> None:
+    """Where the model looked: a class-activation heat map over the photo's centre crop (PNG)."""
+    from PIL import Image
+
+    from plantdx.images import center_crop, load_rgb, resize_shorter
+    from plantdx.inference import Predictor, default_bundle_path
+
+    if not image.is_file():
+        raise PlantdxError(f"image not found: {image}")
+    predictor = Predictor(model or default_bundle_path())
+    try:
+        photo = load_rgb(image)
+    except OSError as exc:
+        raise PlantdxError(f"cannot read {image} as an image: {exc}") from None
+    prediction, png = predictor.explain(photo)
+    spec = predictor.spec
+    crop = center_crop(resize_shorter(photo, int(spec["resize"]), str(spec["interpolation"])), int(spec["crop"]))
+    import io
+
+    heat = Image.open(io.BytesIO(png))
+    base = Image.fromarray(crop).convert("RGBA")
+    Image.alpha_composite(base, heat).convert("RGB").save(output)
+    console.print(f"{prediction.label} ({prediction.confidence:.1%}); heat map over the model's view: {output}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default serve.host: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port: 8000).")] = None,
+    model: Annotated[str | None, typer.Option(help="Bundle folder or models:/plantdx@champion.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Run the diagnosis service (one uvicorn worker; scale with processes or pods)."""
+    import uvicorn
+
+    from plantdx.serve import create_app
+
+    items = list(set_ or [])
+    for key, value in (("host", host), ("port", port), ("model", model)):
+        if value is not None:
+            items.append(f"serve.{key}={json.dumps(value)}")
+    settings = load_settings(config, items)
+    cfg = settings.serve
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=cfg.host,
+            port=cfg.port,
+            workers=1,
+            log_config=None,
+            access_log=False,  # plantdx logs one JSON line per request itself
+            proxy_headers=bool(cfg.trusted_proxies),
+            forwarded_allow_ips=",".join(cfg.trusted_proxies) or None,
+            timeout_graceful_shutdown=int(cfg.drain_timeout_s),
+        )
+    )
+    server.run()
+
+
 def main() -> None:
     """Console entry point: domain errors become one line on stderr and a non-zero exit."""
     try:

@@ -1,0 +1,132 @@
+"""The diagnosis routes over HTTP (TestClient runs the lifespan: load, warm up, ready)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import jpeg, serve_settings
+from plantdx.export import ExportResult
+from plantdx.serve import create_app
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_returns_a_prediction(client: TestClient) -> None:
+    r = client.post(
+        "/v1/predict", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")}, headers={"X-Request-ID": "abc-1"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["x-request-id"] == "abc-1" and body["request_id"] == "abc-1"
+    assert body["prediction"] in body["probabilities"]
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert [t["label"] for t in body["top_k"]][0] == body["prediction"] and len(body["top_k"]) == 3
+    assert isinstance(body["abstained"], bool) and body["inference_time_ms"] > 0
+    assert body["model_version"].startswith("bundle-") and body["heatmap"] is None
+
+
+def test_explain_adds_a_heat_map(client: TestClient) -> None:
+    r = client.post("/v1/predict?explain=true&top_k=2", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")})
+    assert r.status_code == 200
+    assert base64.b64decode(r.json()["heatmap"])[:4] == b"\x89PNG"
+    assert len(r.json()["top_k"]) == 2
+
+
+def test_batch_json_and_multipart_with_a_bad_item(client: TestClient) -> None:
+    good = base64.b64encode(jpeg()).decode()
+    r = client.post("/v1/predict/batch", json={"images": [good, "%%%not-base64", good]})
+    assert r.status_code == 200, r.text
+    items = r.json()["predictions"]
+    assert [i["index"] for i in items] == [0, 1, 2]
+    assert items[0]["prediction"] and items[2]["prediction"]
+    assert items[1]["error"]["code"] == "invalid_base64" and items[1]["prediction"] is None
+
+    files = [("files", (f"{i}.jpg", jpeg(seed=i), "image/jpeg")) for i in range(3)]
+    files.append(("files", ("bad.jpg", b"not an image at all", "image/jpeg")))
+    r = client.post("/v1/predict/batch", files=files)
+    assert r.status_code == 200
+    assert [bool(i["prediction"]) for i in r.json()["predictions"]] == [True, True, True, False]
+    assert r.json()["predictions"][3]["error"]["code"] == "unsupported_media_type"
+
+
+def test_batch_limits(client: TestClient) -> None:
+    good = base64.b64encode(jpeg()).decode()
+    r = client.post("/v1/predict/batch", json={"images": [good] * 17})
+    assert r.status_code == 422 and "at most 16" in r.json()["error"]["message"]
+    assert client.post("/v1/predict/batch", json={"images": [good] * 16}).status_code == 200
+    assert client.post("/v1/predict/batch", json={"images": []}).status_code == 422
+    assert (
+        client.post("/v1/predict/batch", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
+    assert client.post("/v1/predict/batch", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_jobs_round_trip_and_unknown_id(client: TestClient) -> None:
+    r = client.post("/v1/jobs", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")})
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "running")
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 10
+    while (status := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert status["status"] == "done" and status["result"]["prediction"]
+    bad = client.post("/v1/jobs", files={"file": ("x.jpg", b"GIF89a....", "image/jpeg")}).json()["job_id"]
+    deadline = time.monotonic() + 10
+    while (status := client.get(f"/v1/jobs/{bad}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert status["status"] == "failed" and status["error"]["code"] == "unsupported_media_type"
+    missing = client.get("/v1/jobs/does-not-exist")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_model_info_health_and_metrics(client: TestClient) -> None:
+    info = client.get("/v1/model").json()
+    assert info["architecture"] == "plant_cnn"
+    assert info["classes"] == ["Crop___Blight", "Crop___Spot", "Crop___healthy"]
+    assert info["runtime"] == "onnxruntime" and info["input_size"] == 32
+    assert client.get("/healthz").json() == {"status": "alive"}
+    assert client.get("/readyz").status_code == 200
+    health = client.get("/health").json()
+    assert health["status"] in ("ok", "degraded") and health["checks"]["model"]["ok"]
+    client.post("/v1/predict", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")})
+    metrics = client.get("/metrics").text
+    for name in (
+        "plantdx_http_requests_total",
+        "plantdx_model_inference_seconds",
+        "plantdx_batch_size",
+        "plantdx_queue_depth",
+        "plantdx_http_requests_active",
+        "plantdx_predictions_total",
+        "plantdx_prediction_confidence",
+        "plantdx_abstentions_total",
+        "plantdx_model_info",
+    ):
+        assert name in metrics, name
+    assert 'route="/v1/predict",status="200"' in metrics
+
+
+def test_without_batching_the_answers_are_the_same(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001
+    answers = []
+    for batching in ("true", "false"):
+        with TestClient(create_app(serve_settings(exported.bundle, f"serve.batching={batching}"))) as c:
+            answers.append(c.post("/v1/predict", files={"file": ("l.jpg", jpeg(seed=5), "image/jpeg")}).json())
+    assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-6)
+
+
+def test_page_and_security_headers(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="photo"' in page.text and 'capture="environment"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/static/app.js").status_code == 200
+    advice = client.get("/v1/advice").json()
+    assert "Tomato___Early_blight" in advice["classes"]
+    assert (
+        "access-control-allow-origin" not in client.get("/v1/model", headers={"Origin": "https://evil.example"}).headers
+    )
