@@ -6,6 +6,7 @@ Stage modules are imported inside the command that needs them, so ``plantdx data
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -457,6 +458,9 @@ def serve(
             timeout_graceful_shutdown=int(cfg.drain_timeout_s),
         )
     )
+    # uvicorn drains on SIGTERM, then re-raises the signal so the process would die by it; a drained service has
+    # shut down as asked, so it exits 0 (what Kubernetes and systemd read as a clean stop).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
 
 

@@ -52,6 +52,7 @@ class MicroBatcher:
         self.metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
+        self.closed = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="plantdx-batcher")
@@ -59,6 +60,8 @@ class MicroBatcher:
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Logits for one preprocessed image, computed together with whatever else is waiting."""
         loop = asyncio.get_running_loop()
+        if self.closed:  # a straggler after drain: compute it alone rather than wait on a stopped loop
+            return np.asarray((await loop.run_in_executor(self.executor, self.run_batch, x[None]))[0])
         item = _Item(x, loop.create_future(), time.monotonic() + self.timeout)
         try:
             self.queue.put_nowait(item)
@@ -138,6 +141,7 @@ class MicroBatcher:
         deadline = time.monotonic() + timeout
         while (not self.queue.empty() or self._pending) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -87,6 +87,7 @@ class ModelRuntime:
     infer_pool: ThreadPoolExecutor
     batcher: MicroBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
+    active: int = 0  # requests that started on this runtime and have not finished
 
     @property
     def predictor(self) -> Predictor:
@@ -163,8 +164,11 @@ class Engine:
             old, self.runtime = self.runtime, new
             self._publish(model)
             assert old is not None
+            deadline = time.monotonic() + self.cfg.drain_timeout_s
+            while old.active and time.monotonic() < deadline:  # requests still decoding for the old model
+                await asyncio.sleep(0.005)
             if old.batcher is not None:
-                await old.batcher.drain(self.cfg.drain_timeout_s)
+                await old.batcher.drain(max(0.0, deadline - time.monotonic()))
             return old.model, model
 
     def current(self) -> ModelRuntime:
@@ -179,6 +183,15 @@ class Engine:
     ) -> tuple[Prediction, bytes | None, ModelSource, float]:
         """Untrusted bytes -> prediction (+ heat map): decode off the event loop, infer (batched), post-process."""
         runtime = self.current()
+        runtime.active += 1
+        try:
+            return await self._diagnose(runtime, data, content_type, top_k=top_k, explain=explain)
+        finally:
+            runtime.active -= 1
+
+    async def _diagnose(
+        self, runtime: ModelRuntime, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool
+    ) -> tuple[Prediction, bytes | None, ModelSource, float]:
         predictor = runtime.predictor
         loop = asyncio.get_running_loop()
         cfg = self.cfg

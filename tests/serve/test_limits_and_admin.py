@@ -1,0 +1,63 @@
+"""Rate limits (slowapi, the design's 10/minute) and the admin reload behind its bearer token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import jpeg, serve_settings
+from plantdx.export import ExportResult
+from plantdx.serve import create_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
+
+
+def test_ten_per_minute_then_429_with_retry_after(exported: ExportResult) -> None:
+    with TestClient(create_app(serve_settings(exported.bundle, "serve.rate_limit=10/minute"))) as c:
+        files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
+        statuses = [c.post("/v1/predict", files=files).status_code for _ in range(10)]
+        assert statuses == [200] * 10
+        over = c.post("/v1/predict", files=files)
+        assert over.status_code == 429
+        assert over.json()["error"]["code"] == "rate_limited"
+        assert int(over.headers["retry-after"]) > 0
+        # Another API key has its own budget; the limited client's reads still work.
+        assert c.post("/v1/predict", files=files, headers={"X-API-Key": "team-a"}).status_code == 200
+        assert c.get("/v1/model").status_code == 200
+        # A forged X-Forwarded-For does not buy a fresh budget (no trusted proxy is configured).
+        assert c.post("/v1/predict", files=files, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+
+
+def test_admin_routes_absent_without_a_token(client: TestClient) -> None:
+    assert client.post("/v1/admin/reload").status_code == 404
+    assert "/v1/admin/reload" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_admin_reload_needs_the_token_and_swaps_the_model(
+    exported: ExportResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANTDX_ADMIN_TOKEN", "s3cret-token")
+    with TestClient(create_app(serve_settings(exported.bundle))) as c:
+        assert c.post("/v1/admin/reload").status_code == 401
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Basic s3cret-token"}).status_code == 403
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        before = engine.runtime
+        r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret-token"})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == r.json()["previous_version"]
+        assert engine.runtime is not before  # a fresh runtime took over
+        assert c.post("/v1/predict", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 200
+
+
+def test_serving_imports_no_torch() -> None:
+    code = (
+        "import sys, plantdx.serve, plantdx.cli; "
+        "heavy = [m for m in ('torch', 'lightning', 'timm', 'torchvision', 'albumentations', 'mlflow') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,120 @@
+"""Hostile and broken uploads get a clear 4xx JSON error, quickly, and never a 500."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import jpeg, make_leaf, serve_settings
+from plantdx.export import ExportResult
+from plantdx.serve import create_app
+from plantdx.serve.errors import BadImageError, TooLargeError, UnsupportedMediaError
+from plantdx.serve.uploads import decode_upload
+
+LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000}
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width x height`` pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def encoded(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    started = time.perf_counter()
+    with pytest.raises(TooLargeError, match="pixels"):
+        decode_upload(png_header_bomb(30000, 30000), "image/png", **LIMITS)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "error", "match"),
+    [
+        (b"", "image/jpeg", BadImageError, "empty"),
+        (b"hello world", "image/jpeg", UnsupportedMediaError, "first bytes"),
+        (
+            b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>",
+            "image/svg+xml",
+            UnsupportedMediaError,
+            "not accepted",
+        ),
+        (jpeg(), "text/plain", UnsupportedMediaError, "not accepted"),
+        (jpeg(), "image/png", UnsupportedMediaError, "declared image/png"),
+        (jpeg()[:300], "image/jpeg", BadImageError, "truncated or corrupt"),
+        (b"\xff\xd8\xff" + b"\x00" * 100, "image/jpeg", BadImageError, ""),
+        (b"x" * 1_000_001, "image/jpeg", TooLargeError, "limit"),
+        (encoded(make_leaf("a", 1), "GIF"), "image/gif", UnsupportedMediaError, ""),
+        # A polyglot: JPEG bytes with a ZIP archive appended still decodes as the JPEG it starts with.
+    ],
+)
+def test_bad_uploads(data: bytes, content_type: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        decode_upload(data, content_type, **LIMITS)
+
+
+def test_animated_image_is_refused() -> None:
+    frames = [make_leaf("a", i) for i in range(3)]
+    data = encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:])
+    with pytest.raises(BadImageError, match="animated"):
+        decode_upload(data, "image/webp", **LIMITS)
+
+
+def test_modes_and_orientation_are_normalised() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = decode_upload(encoded(Image.new("RGB", (40, 20)), "JPEG", exif=exif), "image/jpeg", **LIMITS)
+    assert rotated.size == (20, 40) and rotated.mode == "RGB"
+    for mode in ("L", "RGBA", "P"):
+        assert decode_upload(encoded(Image.new(mode, (8, 8)), "PNG"), "", **LIMITS).mode == "RGB"
+    assert decode_upload(encoded(Image.new("CMYK", (8, 8)), "JPEG"), "image/jpeg", **LIMITS).mode == "RGB"
+    polyglot = jpeg() + b"PK\x03\x04" + b"\x00" * 64
+    assert decode_upload(polyglot, "image/jpeg", **LIMITS).mode == "RGB"
+
+
+@pytest.mark.slow
+def test_http_errors_are_json_4xx(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001
+    settings = serve_settings(exported.bundle, "serve.max_upload_bytes=100000", "serve.max_pixels=1000000")
+    with TestClient(create_app(settings)) as c:
+        cases = [
+            ({"file": ("a.png", png_header_bomb(30000, 30000), "image/png")}, 413),
+            ({"file": ("a.jpg", b"\xff\xd8\xff" + b"x" * 200_000, "image/jpeg")}, 413),
+            ({"file": ("a.txt", b"plain text", "text/plain")}, 415),
+            ({"file": ("a.jpg", jpeg()[:200], "image/jpeg")}, 422),
+            ({"file": ("a.jpg", b"", "image/jpeg")}, 422),
+            ({"file": ("x" * 200 + ".jpg", jpeg(), "image/jpeg")}, 200),
+            ({"file": ("x" * 20000 + ".jpg", jpeg(), "image/jpeg")}, 400),  # the multipart parser refuses it
+            ({"file": ("../../etc/passwd\x00.jpg", jpeg(), "image/jpeg")}, 200),
+        ]
+        for files, status in cases:
+            r = c.post("/v1/predict", files=files)
+            assert r.status_code == status, (files["file"][0][:40], r.text)
+            if status != 200:
+                assert set(r.json()["error"]) == {"code", "message"}
+        assert c.post("/v1/predict").status_code == 422  # no file at all
+        for bad in ("0", "-1", "abc", "1000"):
+            r = c.post(f"/v1/predict?top_k={bad}", files={"file": ("a.jpg", jpeg(), "image/jpeg")})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", bad
+        deep = "[" * 5000 + "]" * 5000
+        r = c.post("/v1/predict/batch", content=deep.encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        # A body larger than the whole-request limit is cut off with 413, not read into memory.
+        huge = c.post("/v1/predict/batch", content=b"x" * 5_000_000, headers={"content-type": "application/json"})
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
