@@ -464,6 +464,27 @@ def serve(
     server.run()
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs at once in this worker (1: one process).")] = 1,
+    model: Annotated[str | None, typer.Option(help="Bundle folder or models:/plantdx@champion.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Run async jobs from Redis (needs serve.redis_url); the model is loaded once per worker process."""
+    from plantdx.serve.tasks import run_worker
+
+    items = list(set_ or [])
+    if model is not None:
+        items.append(f"serve.model={json.dumps(model)}")
+    settings = load_settings(config, items)
+    if not settings.serve.redis_url:
+        raise PlantdxError(
+            "plantdx worker needs a Redis URL: set PLANTDX_SERVE__REDIS_URL or --set serve.redis_url=..."
+        )
+    run_worker(settings, concurrency=concurrency)
+
+
 def main() -> None:
     """Console entry point: domain errors become one line on stderr and a non-zero exit."""
     try:

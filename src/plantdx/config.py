@@ -163,6 +163,10 @@ class ServeConfig(_Section):
     redis_url: str | None = Field(None, description="jobs (Celery) and shared rate limits; none: in-process")
     job_ttl_s: int = Field(3600, ge=1)
     job_workers: int = Field(1, ge=1, description="in-process job workers")
+    job_visibility_timeout_s: int = Field(
+        60, ge=1, description="Redis: a job whose worker died is handed to another worker after this long"
+    )
+    fault_job_delay_s: float = Field(0.0, ge=0, description="fault drills only: each job sleeps this long first")
     cors_origins: list[str] = Field(default_factory=list, description="closed by default")
     trusted_proxies: list[str] = Field(default_factory=list, description="whose X-Forwarded-For is believed")
     drain_timeout_s: float = Field(20.0, gt=0)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,47 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import jpeg
+from conftest import TOKEN, Server, jpeg, start_server
 from plantdx.export import ExportResult
 
 pytestmark = pytest.mark.slow
-TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def start_server(bundle: Path, tmp_path: Path, *extra: str) -> Server:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
-    env["PLANTDX_ADMIN_TOKEN"] = TOKEN
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "plantdx.cli", "serve", "--port", str(port), "--model", str(bundle),
-           "--set", "serve.drain_timeout_s=15", *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Server(proc, url, log)
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not become ready:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import plantdx
 from plantdx.config import Settings, load_settings
 from plantdx.serve.engine import Engine, ModelSource, load_model
 from plantdx.serve.errors import install_error_handlers
-from plantdx.serve.jobs import LocalJobs
+from plantdx.serve.jobs import JobBackend, LocalJobs
 from plantdx.serve.limits import create_limiter, rate_limit_exceeded
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.middleware import RequestContextMiddleware, configure_logging
@@ -46,13 +46,19 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
         prediction = await diagnose(engine, data, content_type, "job", top_k=top_k, explain=False)
         return prediction.model_dump()
 
-    jobs = LocalJobs(
-        run_job,
-        workers=cfg.job_workers,
-        ttl_s=cfg.job_ttl_s,
-        max_queued=cfg.queue_size,
-        on_finish=lambda state: metrics.jobs.labels(state=state).inc(),
-    )
+    jobs: JobBackend
+    if cfg.redis_url:
+        from plantdx.serve.tasks import CeleryJobs
+
+        jobs = CeleryJobs(settings)
+    else:
+        jobs = LocalJobs(
+            run_job,
+            workers=cfg.job_workers,
+            ttl_s=cfg.job_ttl_s,
+            max_queued=cfg.queue_size,
+            on_finish=lambda state: metrics.jobs.labels(state=state).inc(),
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

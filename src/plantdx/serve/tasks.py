@@ -1,0 +1,145 @@
+"""Async jobs on Redis with Celery: the API enqueues, ``plantdx worker`` processes hold the model and run them.
+
+Late acknowledgement (``task_acks_late``) with ``task_reject_on_worker_lost``: a job is removed from the queue only
+after a worker finished it, so a worker killed mid-job loses nothing; Redis hands the job to another worker once
+``serve.job_visibility_timeout_s`` has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from typing import Any
+
+from celery import Celery
+
+from plantdx.config import Settings
+from plantdx.serve.errors import ServiceError
+from plantdx.serve.jobs import Job
+
+TASK = "plantdx.diagnose"
+_KEY = "plantdx:job:{}"
+_worker_state: dict[str, Any] = {}
+
+
+def create_celery(settings: Settings) -> Celery:
+    cfg = settings.serve
+    if not cfg.redis_url:
+        raise ValueError("serve.redis_url is not set")
+    app = Celery("plantdx", broker=cfg.redis_url, backend=cfg.redis_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=cfg.job_ttl_s,
+        # Sweep for jobs of dead workers every third of the visibility timeout, scanning on every sweep.
+        broker_transport_options={
+            "visibility_timeout": cfg.job_visibility_timeout_s,
+            "unacked_restore_interval": max(1, cfg.job_visibility_timeout_s // 3),
+            "unacked_restore_throttle": 1,
+        },
+        result_backend_transport_options={"visibility_timeout": cfg.job_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    app.task(name=TASK)(_diagnose_task)
+    return app
+
+
+def _predictor() -> Any:
+    """The worker's model, loaded once per worker process (the settings come from ``plantdx worker``)."""
+    if "predictor" not in _worker_state:
+        from plantdx.serve.engine import load_model
+
+        _worker_state["predictor"] = load_model(_worker_state["settings"])
+    return _worker_state["predictor"]
+
+
+def _diagnose_task(image_b64: str, content_type: str | None, top_k: int | None) -> dict[str, Any]:
+    from plantdx.serve.schemas import Prediction
+    from plantdx.serve.uploads import decode_upload
+
+    settings: Settings = _worker_state["settings"]
+    cfg = settings.serve
+    if cfg.fault_job_delay_s:
+        time.sleep(cfg.fault_job_delay_s)
+    model = _predictor()
+    started = time.perf_counter()
+    try:
+        image = decode_upload(
+            base64.b64decode(image_b64), content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
+        )
+    except ServiceError as exc:
+        return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
+    prediction = model.predictor.predict_one(image, top_k)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    result = Prediction.build(prediction, elapsed_ms=elapsed_ms, version=model.version, request_id="job")
+    return {"status": "done", "result": result.model_dump()}
+
+
+def run_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
+    _worker_state["settings"] = settings
+    app = create_celery(settings)
+    _predictor()  # load and verify the model before taking jobs
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            "--pool=solo" if concurrency == 1 else "--pool=prefork",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+class CeleryJobs:
+    """The API side: enqueue, and read state and results back from Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        import redis
+
+        self.app = create_celery(settings)
+        self.ttl = settings.serve.job_ttl_s
+        assert settings.serve.redis_url is not None
+        self.redis = redis.Redis.from_url(settings.serve.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, timeout: float) -> None:  # noqa: ARG002 - queued jobs stay in Redis for the workers
+        return None
+
+    def _submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
+        job = Job(uuid.uuid4().hex)
+        self.redis.set(_KEY.format(job.job_id), b"1", ex=self.ttl)
+        self.app.send_task(TASK, args=[base64.b64encode(data).decode(), content_type, top_k], task_id=job.job_id)
+        return job
+
+    def _get(self, job_id: str) -> Job | None:
+        if not self.redis.exists(_KEY.format(job_id)):
+            return None
+        result = self.app.AsyncResult(job_id)
+        state = result.state
+        job = Job(job_id, status={"PENDING": "queued", "RECEIVED": "queued", "RETRY": "queued"}.get(state, "running"))
+        if state == "SUCCESS":
+            payload = result.result
+            job.status = payload["status"]
+            job.result = payload.get("result")
+            job.error = payload.get("error")
+        elif state == "FAILURE":
+            job.status = "failed"
+            job.error = {"code": "job_failed", "message": f"{type(result.result).__name__}: {result.result}"}
+        return job
+
+    async def submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
+        return await asyncio.to_thread(self._submit, data, content_type, top_k)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await asyncio.to_thread(self._get, job_id)

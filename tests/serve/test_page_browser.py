@@ -1,0 +1,59 @@
+"""The grower's page in a real headless Chromium: upload a real leaf photo, read the diagnosis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import start_server
+from plantdx.config import DatasetConfig
+from plantdx.data.split import manifest_for
+from plantdx.inference import default_bundle_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_upload_a_leaf_and_see_the_diagnosis(real_data: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    test_rows = [
+        r for r in manifest_for(DatasetConfig(root=real_data)).split("test") if r.label == "Tomato___Early_blight"
+    ]
+    photo = real_data / test_rows[0].path
+    server = start_server(default_bundle_path(), tmp_path)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run", "--disable-quic"],
+            )  # fmt: skip
+            page = browser.new_page(viewport={"width": 412, "height": 915}, device_scale_factor=1)  # a phone
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/")
+            assert page.locator("#photo").get_attribute("capture") == "environment"
+            page.set_input_files("#photo", str(photo))
+            page.click("#diagnose")
+            page.wait_for_function("document.querySelector('#diagnosis')?.textContent.trim().length > 0", timeout=20000)
+            diagnosis = page.locator("#diagnosis").inner_text()
+            assert "Early blight" in diagnosis and "Tomato" in diagnosis, diagnosis
+            assert "%" in page.locator("#confidence").inner_text()
+            assert page.locator("#top3 li").count() == 3
+            assert "extension" in page.locator("#advice").inner_text().lower() or page.locator("#advice a").count() > 0
+            page.wait_for_timeout(300)
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert errors == []
+        assert shot.stat().st_size > 10_000
+        if out := os.environ.get("PLANTDX_SCREENSHOT_DIR"):
+            shutil.copy(shot, Path(out) / "page.png")
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)

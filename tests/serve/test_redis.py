@@ -1,0 +1,115 @@
+"""With Redis configured: jobs on Celery workers that survive a killed worker, and rate limits shared by replicas.
+
+A real `redis-server` (Debian package) on a free loopback port; real `plantdx worker` processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from conftest import free_port, jpeg, serve_settings
+from plantdx.export import ExportResult
+from plantdx.serve import create_app
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def start_worker(bundle: Path, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
+    cmd = [sys.executable, "-m", "plantdx.cli", "worker", "--model", str(bundle),
+           "--set", f"serve.redis_url={redis_url}", "--set", "serve.fault_job_delay_s=3",
+           "--set", "serve.job_visibility_timeout_s=6"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_job_survives_its_worker_being_killed(
+    exported: ExportResult,
+    redis_url: str,
+    tmp_path: Path,
+    clean_env: None,  # noqa: ARG001
+) -> None:
+    settings = serve_settings(exported.bundle, f"serve.redis_url={redis_url}", "serve.job_visibility_timeout_s=6")
+    workers = [start_worker(exported.bundle, redis_url, tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        with TestClient(create_app(settings)) as c:
+            job_id = c.post("/v1/jobs", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).json()["job_id"]
+            jobs = c.app.state.jobs  # type: ignore[attr-defined]
+            wait_for(lambda: jobs.app.AsyncResult(job_id).state == "STARTED", 60, "a worker to start the job")
+            victim = jobs.app.AsyncResult(job_id).info["pid"]
+            assert victim in {w.pid for w in workers}
+            os.kill(victim, signal.SIGKILL)  # mid-job: it sleeps 3 s before answering
+            assert c.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+            wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] == "done", 90, "the job on the other worker")
+            done = c.get(f"/v1/jobs/{job_id}").json()
+            assert done["result"]["prediction"] in ("Crop___Blight", "Crop___Spot", "Crop___healthy")
+            survivor = next(w for w in workers if w.pid != victim)
+            assert survivor.poll() is None
+            assert c.get("/v1/jobs/not-a-job").status_code == 404
+            assert c.get("/health").json()["checks"]["redis"]["ok"] is True
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+
+
+def test_rate_limits_are_shared_by_replicas(exported: ExportResult, redis_url: str, clean_env: None) -> None:  # noqa: ARG001
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = serve_settings(exported.bundle, f"serve.redis_url={redis_url}", "serve.rate_limit=10/minute")
+    files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        statuses = [c.post("/v1/predict", files=files).status_code for c in (a, b) * 5]
+        assert statuses == [200] * 10
+        assert a.post("/v1/predict", files=files).status_code == 429
+        assert b.post("/v1/predict", files=files).status_code == 429
