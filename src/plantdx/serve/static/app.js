@@ -2,6 +2,13 @@
 (function () {
   "use strict";
 
+  // Registry versions are numbers ("v3"); a bundle served from a folder is named by its hash ("bundle-1a2b3c4d").
+  function versionLabel(v) {
+    var text = String(v);
+    return /^[0-9]+$/.test(text) ? "v" + text : text;
+  }
+
+
   var PREDICT_URL = "/v1/predict?explain=true";
   var ADVICE_URL = "/v1/advice";
   var MODEL_URL = "/v1/model";
@@ -263,7 +270,7 @@
 
     var meta = [];
     if (isFinite(Number(p.inference_time_ms))) meta.push("Checked in " + Math.round(Number(p.inference_time_ms)) + " ms");
-    if (p.model_version) meta.push("model v" + p.model_version);
+    if (p.model_version) meta.push("model " + versionLabel(p.model_version));
     if (p.request_id) meta.push("reference " + p.request_id);
     el.resultMeta.textContent = meta.join(" \u00b7 ");
 
@@ -421,7 +428,7 @@
         if (size > 0 && resize >= size) cropZoom = resize / size;
         var parts = ["Model"];
         if (m && m.architecture) parts.push(String(m.architecture));
-        if (m && m.version !== undefined && m.version !== null) parts.push("v" + m.version);
+        if (m && m.version !== undefined && m.version !== null) parts.push(versionLabel(m.version));
         var line = parts.join(" ");
         if (classes.length) {
           line += ", knows " + classes.length + " leaf conditions" + (crops.length ? " of " + crops.join(", ") : "");
