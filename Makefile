@@ -9,7 +9,7 @@ export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke test lint format default-model bench
+.PHONY: help install serve train smoke test lint format default-model bench bench-serve
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+serve: install ## serve the bundled default model on http://127.0.0.1:8000 (page at /, API docs at /docs)
+	$(BIN)/plantdx serve
 
 train: install ## train the default CPU recipe (configs/default.yaml) on the PlantVillage images
 	$(BIN)/plantdx train -c configs/default.yaml
@@ -35,6 +38,9 @@ default-model: install ## retrain the bundled model from scratch (~1 h on 2 core
 
 bench: install ## latency/throughput of every runtime of the bundled model -> benchmarks/results/
 	$(BIN)/plantdx bench --threads 2
+
+bench-serve: install ## the service vs the raw pipeline vs the naive baseline, over HTTP (needs `wrk`)
+	$(BIN)/python benchmarks/serve.py
 
 test: install ## run the whole test suite (unit, real-data, training, DDP)
 	$(BIN)/pytest

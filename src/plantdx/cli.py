@@ -196,7 +196,7 @@ def train(
                     "test_accuracy": result.test.accuracy,
                     "test_f1_macro": result.test.f1_macro,
                     "seed": settings.train.seed,
-                    "command": " ".join(["plantdx", *sys.argv[1:]]),
+                    "command": _command("train", config, set_),
                 },
                 indent=2,
             )
@@ -247,7 +247,7 @@ def export_cmd(
     from plantdx.export import export
 
     settings = _settings(config, set_)
-    extra: dict[str, Any] = {"export_command": " ".join(["plantdx", *sys.argv[1:]])}
+    extra: dict[str, Any] = {"export_command": _command("export", config, set_)}
     if train_result is not None:
         training = json.loads(train_result.read_text())
         extra["training"] = training
@@ -260,6 +260,16 @@ def export_cmd(
     console.print(f"bundle written to {result.bundle}")
     if register:
         _register(settings, result.bundle, run_id)
+
+
+def _command(name: str, config: Path | None, overrides: list[str] | None) -> str:
+    """The command as a person would retype it (recorded in result files and bundle cards)."""
+    parts = ["plantdx", name]
+    if config is not None:
+        parts += ["-c", str(config)]
+    for item in overrides or []:
+        parts += ["--set", item]
+    return " ".join(parts)
 
 
 def _print_card(card: dict[str, Any]) -> None:

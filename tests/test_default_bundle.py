@@ -1,0 +1,65 @@
+"""The bundle that ships in the package: complete, small, and right on real leaves it never trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from plantdx.bundle import load_bundle
+from plantdx.cli import app
+from plantdx.config import DatasetConfig
+from plantdx.data.split import manifest_for
+from plantdx.images import load_rgb
+from plantdx.inference import Predictor, default_bundle_path
+
+BUNDLE = default_bundle_path()
+
+
+def test_default_bundle_is_complete_verified_and_small() -> None:
+    bundle = load_bundle(BUNDLE)  # every file present and matching its sha256 in card.json
+    size = sum(p.stat().st_size for p in BUNDLE.iterdir())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    card = bundle.card
+    for key in ("architecture", "metrics", "data", "parity", "int8", "created_at", "plantdx_version", "training"):
+        assert key in card, key
+    assert card["parity"]["onnx"]["passed"] is True
+    assert len(bundle.labels) == 15 and card["class_activation_map"] is True
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_bundle_scores_its_card_on_the_held_out_split(real_data: Path) -> None:
+    predictor = Predictor(BUNDLE, threads=2)
+    manifest = manifest_for(DatasetConfig(root=real_data))
+    card = predictor.bundle.card
+    assert manifest.digest == card["data"]["manifest_sha256"], "the bundle was scored on another split"
+    rows = manifest.split("test")
+    index = {c: i for i, c in enumerate(predictor.labels)}
+    batch = np.stack([predictor.preprocess(load_rgb(real_data / r.path)) for r in rows])
+    predicted = np.concatenate([predictor.logits(batch[i : i + 64]) for i in range(0, len(batch), 64)]).argmax(1)
+    accuracy = float((predicted == np.array([index[r.label] for r in rows])).mean())
+    assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=1e-9)
+    assert accuracy >= 0.95
+
+
+@pytest.mark.realdata
+def test_cli_predict_names_real_leaves(real_data: Path) -> None:
+    rows = manifest_for(DatasetConfig(root=real_data)).split("test")
+    picks = [next(r for r in rows if r.label == label) for label in sorted({r.label for r in rows})]
+    result = CliRunner().invoke(app, ["predict", "--json", *(str(real_data / r.path) for r in picks)])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.output)
+    correct = sum(a["prediction"] == r.label for a, r in zip(answers, picks, strict=True))
+    assert correct >= 14, [(a["prediction"], r.label) for a, r in zip(answers, picks, strict=True)]
+
+
+def test_cli_predict_refuses_a_missing_or_broken_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "none.jpg")])
+    assert result.exit_code != 0
+    (tmp_path / "bad.jpg").write_text("not an image")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "bad.jpg")])
+    assert result.exit_code != 0
