@@ -50,7 +50,8 @@ class TrainResult:
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """``auto``: fp32 on CPU (bf16-mixed was ~7x slower on this CPU, which lacks bf16 units), 16-mixed on CUDA."""
+    """``auto``: fp32 on CPU (bf16-mixed measured slower than fp32 on the 2-core CPU this was built on, which has
+    AVX-512 BF16 but no AMX), 16-mixed on CUDA."""
     if cfg.precision != "auto":
         return cfg.precision
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
