@@ -174,7 +174,7 @@ def start_server(bundle: Path, tmp_path: Path, *extra: str) -> Server:
     env["PLANTDX_ADMIN_TOKEN"] = TOKEN
     log = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "plantdx.cli", "serve", "--port", str(port), "--model", str(bundle),
-           "--set", "serve.drain_timeout_s=15", *extra]  # fmt: skip
+           "--set", "serve.drain_timeout_s=15", "--set", "serve.rate_limit=100000/minute", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

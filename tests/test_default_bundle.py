@@ -42,7 +42,8 @@ def test_default_bundle_scores_its_card_on_the_held_out_split(real_data: Path) -
     batch = np.stack([predictor.preprocess(load_rgb(real_data / r.path)) for r in rows])
     predicted = np.concatenate([predictor.logits(batch[i : i + 64]) for i in range(0, len(batch), 64)]).argmax(1)
     accuracy = float((predicted == np.array([index[r.label] for r in rows])).mean())
-    assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=1e-9)
+    # The card was measured through this same path; allow two flipped images for another CPU or thread count.
+    assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=2 / len(rows))
     assert accuracy >= 0.95
 
 

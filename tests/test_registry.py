@@ -68,6 +68,14 @@ def round_trip(registry: Registry, exported: ExportResult, tmp_path: Path) -> No
 
     assert registry.rollback().version == better.version
     assert registry.by_alias(CHAMPION).version == better.version  # type: ignore[union-attr]
+    assert registry.promote(better.version).checks == {"already_champion": True}  # a no-op, not a history entry
+    assert registry.rollback().version == "1"  # back past v(better) to the champion before it
+
+    # Registering another bundle from the same run leaves the earlier version's files alone.
+    again = registry.register(variant(exported, tmp_path / "again", 0.99, 0.99), run_id=v1.run_id)
+    assert registry.resolve("1", cache_dir=tmp_path / "c1").card["metrics"]["test_f1_macro"] == 0.90
+    assert registry.resolve(again.version, cache_dir=tmp_path / "c2").card["metrics"]["test_f1_macro"] == 0.99
+    registry.promote(better.version)
 
     bundle = registry.resolve(CHAMPION, cache_dir=tmp_path / "cache")
     assert bundle.card["metrics"]["test_f1_macro"] == 0.95

@@ -160,6 +160,8 @@ class ServeConfig(_Section):
     max_batch_images: int = Field(16, ge=1)
     top_k: int = Field(3, ge=1)
     rate_limit: str = Field("600/minute", description="per API key (X-API-Key), else per client address")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="keys with a rate-limit budget of their own")
+    int8: bool = Field(False, description="serve model.int8.onnx when the bundle kept one")
     redis_url: str | None = Field(None, description="jobs (Celery) and shared rate limits; none: in-process")
     job_ttl_s: int = Field(3600, ge=1)
     job_workers: int = Field(1, ge=1, description="in-process job workers")

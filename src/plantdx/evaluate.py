@@ -247,7 +247,7 @@ def _log_evaluation(
     """An MLflow run of its own (kind=evaluation) that points back at the run it scored."""
     from mlflow import MlflowClient
 
-    from plantdx.train import local_artifact_uri
+    from plantdx.train import local_artifact_uri, metric_name
 
     client = MlflowClient(settings.tracking.uri)
     experiment = client.get_experiment_by_name(settings.tracking.experiment)
@@ -267,7 +267,7 @@ def _log_evaluation(
     client.log_param(run_id, "checkpoint", str(checkpoint))
     client.log_param(run_id, "data.manifest_sha256", data_hash)
     for name, score in report.metrics(f"{split}/").items():
-        client.log_metric(run_id, name, score)
+        client.log_metric(run_id, metric_name(name), score)
     for path in files:
         client.log_artifact(run_id, str(path), "evaluation")
     client.set_terminated(run_id)

@@ -30,7 +30,7 @@ from plantdx.data.split import Manifest, ManifestRow
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError
 from plantdx.evaluate import EvalReport, compute_report, expected_calibration_error
-from plantdx.images import load_rgb, resize_shorter, to_input
+from plantdx.images import load_rgb, resize_for_model, to_input
 from plantdx.inference import create_session, softmax
 from plantdx.model import PlantClassifier, PlantCNN
 from plantdx.monitor import image_features, reference_profile
@@ -88,10 +88,10 @@ def _last_linear(model: nn.Module, kind: str) -> nn.Linear | None:
     }.get(kind)
     if isinstance(head, nn.Linear):
         return head
-    if isinstance(head, nn.Sequential):
+    if isinstance(head, nn.Sequential) and all(isinstance(x, nn.Linear | nn.Dropout | nn.Flatten) for x in head):
         linears = [x for x in head if isinstance(x, nn.Linear)]
         return linears[0] if len(linears) == 1 else None
-    return None
+    return None  # e.g. MobileNetV3's hidden layer or ConvNeXt's LayerNorm: a heat map would not be exact
 
 
 class ExportGraph(nn.Module):
@@ -126,8 +126,11 @@ class ExportGraph(nn.Module):
             logits = m.fc(emb)
         elif self.kind == "features_avgpool_classifier":
             fmap = m.features(x)
-            emb = m.avgpool(fmap).flatten(1)
-            logits = m.classifier(emb)
+            pooled = m.avgpool(fmap)
+            emb = pooled.flatten(1)
+            first = m.classifier[0] if isinstance(m.classifier, nn.Sequential) else m.classifier
+            # MobileNet/EfficientNet heads take the flattened vector; ConvNeXt's starts with a 2-D LayerNorm.
+            logits = m.classifier(emb if isinstance(first, nn.Linear | nn.Dropout) else pooled)
         else:
             fmap = m.forward_features(x)
             emb = m.forward_head(fmap, pre_logits=True)
@@ -288,7 +291,8 @@ def abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: fl
 
 def _inputs(root: Path, rows: Sequence[ManifestRow], spec: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Preprocessed model inputs plus the resized uint8 images (for the drift profile)."""
-    resized = [resize_shorter(load_rgb(root / r.path), int(spec["resize"]), str(spec["interpolation"])) for r in rows]
+    size, crop, how = int(spec["resize"]), int(spec["crop"]), str(spec["interpolation"])
+    resized = [resize_for_model(load_rgb(root / r.path), size, crop, how) for r in rows]
     return np.stack([to_input(img, spec) for img in resized]), resized
 
 
@@ -319,6 +323,8 @@ def export_bundle(
     index = {c: i for i, c in enumerate(classes)}
     started = time.perf_counter()
     if out.exists():
+        if any(out.iterdir()) and not (out / "card.json").is_file():
+            raise ExportError(f"{out} is not empty and is not a bundle; choose another --output folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model = module.model.eval().cpu()
@@ -379,6 +385,7 @@ def export_bundle(
         train_x[: cfg.int8_calibration_images],
         test_x,
         test_y,
+        test_logits,
         test_report,
         fp32_latency,
         classes,
@@ -435,6 +442,7 @@ def _try_int8(
     calibration: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
+    fp32_logits: np.ndarray,
     fp32_report: EvalReport,
     fp32_latency: LatencyResult,
     classes: list[str],
@@ -455,7 +463,7 @@ def _try_int8(
     latency = single_image_latency(session, test_x[0])
     speedup = fp32_latency.p50_ms / latency.p50_ms
     drop_points = (fp32_report.accuracy - report.accuracy) * 100
-    agreement = float((logits.argmax(1) == test_y).mean())
+    int8_parity = parity(fp32_logits, logits, max_diff=float("inf"), min_agreement=0.0)
     result: dict[str, Any] = {
         "calibration_images": len(calibration),
         "method": "onnxruntime static QDQ, per-channel int8 weights, int8 activations, MinMax calibration",
@@ -464,7 +472,11 @@ def _try_int8(
         "p50_ms": latency.p50_ms,
         "fp32_p50_ms": fp32_latency.p50_ms,
         "speedup": speedup,
-        "parity": {"top1_agreement_with_labels": agreement, "n": report.n},
+        "parity": {
+            "vs_fp32_max_abs_logit_diff": int8_parity.max_abs_logit_diff,
+            "vs_fp32_top1_agreement": int8_parity.top1_agreement,
+            "n": int8_parity.n,
+        },
     }
     reasons = []
     if speedup < cfg.int8_min_speedup:

@@ -35,6 +35,16 @@ def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear")
     return np.asarray(img, dtype=np.uint8)
 
 
+def resize_for_model(img: Image.Image, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """The preprocess.json rule: shorter side to ``resize`` (then a centre crop), or, when ``resize == crop``, a
+    plain resize to ``crop`` x ``crop``."""
+    if resize == crop:
+        if img.size != (crop, crop):
+            img = img.resize((crop, crop), PIL_INTERPOLATION[interpolation])
+        return np.asarray(img, dtype=np.uint8)
+    return resize_shorter(img, resize, interpolation)
+
+
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Offsets as albumentations' CenterCrop computes them: ``(dim - size) // 2``."""
     h, w = image.shape[:2]
@@ -52,4 +62,4 @@ def to_input(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
 
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     """A decoded RGB image -> the model's CHW float32 input."""
-    return to_input(resize_shorter(img, int(spec["resize"]), str(spec["interpolation"])), spec)
+    return to_input(resize_for_model(img, int(spec["resize"]), int(spec["crop"]), str(spec["interpolation"])), spec)

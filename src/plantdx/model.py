@@ -263,7 +263,8 @@ class BackboneFreeze(BaseFinetuning):
             scheduler = config.scheduler
             if hasattr(scheduler, "lr_lambdas") and len(scheduler.lr_lambdas) < len(optimizer.param_groups):
                 scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
-                scheduler.base_lrs.append(optimizer.param_groups[-1]["lr"])
+                # The group's current lr is already scaled by the schedule; its base is the peak over the denominator.
+                scheduler.base_lrs.append(scheduler.base_lrs[0] / self.initial_denom_lr)
 
 
 def _stage_metrics(num_classes: int, per_class: bool) -> MetricCollection:
@@ -309,6 +310,7 @@ class PlantClassifier(L.LightningModule):
         scheduler: str = "onecycle",
         warmup_epochs: float = 1.0,
         class_weights: Sequence[float] | None = None,
+        data_hash: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

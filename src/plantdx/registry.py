@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,9 +144,11 @@ class Registry:
         """Log the bundle under the run's ``bundle/`` artifacts, register it, and point ``challenger`` at it."""
         bundle = load_bundle(bundle_dir)  # never register a bundle that would be refused at serving time
         run_id = run_id or self._existing_run(bundle.card.get("run_id")) or self._bundle_run(bundle.card)
+        # Each registration gets its own folder: re-exporting from one run must never rewrite an earlier version.
+        folder = f"bundles/{uuid.uuid4().hex[:12]}"
         try:
-            self.client.log_artifacts(run_id, str(bundle_dir), "bundle")
-            source = f"{self.client.get_run(run_id).info.artifact_uri}/bundle"
+            self.client.log_artifacts(run_id, str(bundle_dir), folder)
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/{folder}"
             self._ensure_model()
             mv = self.client.create_model_version(
                 self.name, source, run_id=run_id, tags=_version_tags(bundle.card, git_commit)
@@ -200,10 +204,12 @@ class Registry:
         candidate = self.get(version) if version is not None else self.by_alias(CHALLENGER)
         if candidate is None:
             raise PromotionRefusedError(f"model {self.name} has no challenger to promote; register one first")
+        previous = self.by_alias(CHAMPION)
+        if previous is not None and previous.version == candidate.version:
+            return GateResult(candidate.version, previous.version, accepted=True, checks={"already_champion": True})
         result = self.gate(candidate)
         if not result.accepted and not force:
             raise PromotionRefusedError(f"v{candidate.version} not promoted: " + "; ".join(result.reasons))
-        previous = self.by_alias(CHAMPION)
         self.client.set_registered_model_alias(self.name, CHAMPION, candidate.version)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.client.set_model_version_tag(self.name, candidate.version, "promoted_at", now)
@@ -226,9 +232,12 @@ class Registry:
         """Point ``champion`` back at the version it had before the last promotion."""
         history = self._history()
         current = self.by_alias(CHAMPION)
-        if current is None or len(history) < 2:
+        if current is None:
+            raise PromotionRefusedError(f"model {self.name} has no champion to roll back from")
+        while history and history[-1] == current.version:
+            history.pop()
+        if not history:
             raise PromotionRefusedError(f"model {self.name} has no earlier champion to roll back to")
-        history.pop()
         target = history[-1]
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history))
@@ -245,18 +254,26 @@ class Registry:
         if info is None:
             raise TrackingError(f"model {self.name} has no version with alias {alias!r} at {self.tracking.uri}")
         target = (cache_dir or Path(".plantdx") / "bundles") / self.name / info.version
-        if target.exists():
-            shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=target.parent))  # no two resolves collide
         try:
             uri = self.client.get_model_version_download_uri(self.name, info.version)
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(target.parent / "tmp"), tracking_uri=self.tracking.uri
+                    artifact_uri=uri, dst_path=str(staging), tracking_uri=self.tracking.uri
                 )
             )
+            bundle = load_bundle(local)  # verify before it replaces anything
+        except PlantdxError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except Exception as exc:
-            raise TrackingError(f"cannot download v{info.version} of {self.name}: {exc}") from None
-        shutil.move(str(local), target)
-        shutil.rmtree(target.parent / "tmp", ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TrackingError(
+                f"cannot download v{info.version} of {self.name}: {type(exc).__name__}: {exc}"
+            ) from None
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(bundle.path), target)
+        shutil.rmtree(staging, ignore_errors=True)
         return load_bundle(target)

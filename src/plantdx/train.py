@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ class TrainResult:
     wall_time_s: float
     test: EvalReport | None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / `` and space: PlantVillage's ``Corn_(maize)`` or
+    ``Pepper,_bell`` do not pass as they are."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -162,6 +169,13 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
     )
     if manifest is None:
         manifest = manifest_for(settings.dataset)
+        trained_on = module.hparams.get("data_hash")
+        if trained_on and trained_on != manifest.digest:
+            raise PlantdxError(
+                f"{checkpoint} was trained on split {trained_on[:12]} but the settings give split "
+                f"{manifest.digest[:12]}: its test scores would include training images. Use --run-id, or the "
+                "run's dataset settings (seed, fractions, max_per_class)"
+            )
     if manifest.classes != module.class_names:
         raise PlantdxError(
             f"the checkpoint knows {len(module.class_names)} classes and the data has {len(manifest.classes)}; "
@@ -178,7 +192,11 @@ def train(settings: Settings) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
 
-    stamp = os.environ.setdefault(_STAMP_ENV, datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+    if "LOCAL_RANK" in os.environ and _STAMP_ENV in os.environ:  # a DDP child: use the launcher's run folder
+        stamp = os.environ[_STAMP_ENV]
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        os.environ[_STAMP_ENV] = stamp  # inherited by the DDP processes Lightning launches
     run_name = f"{settings.model.name}-{stamp}"
     run_dir = (cfg.output_dir / run_name).resolve()
 
@@ -199,6 +217,7 @@ def train(settings: Settings) -> TrainResult:
         scheduler=cfg.scheduler,
         warmup_epochs=cfg.warmup_epochs,
         class_weights=weights,
+        data_hash=manifest.digest,
     )
 
     logger = create_logger(settings, run_name)
@@ -275,7 +294,7 @@ def _log_run_artifacts(
     client, run_id = logger.experiment, logger.run_id
     for name, value in report.metrics(prefix="test/").items():
         if name.startswith(("test/f1/", "test/ece", "test/nll")):  # precision/recall per class come from torchmetrics
-            client.log_metric(run_id, name, value)
+            client.log_metric(run_id, metric_name(name), value)
     out = run_dir / "artifacts"
     eval_files = write_report_artifacts(report, logits, labels, out / "evaluation", prefix="test")
     for path in eval_files:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
 
 
 def test_ten_per_minute_then_429_with_retry_after(exported: ExportResult) -> None:
-    with TestClient(create_app(serve_settings(exported.bundle, "serve.rate_limit=10/minute"))) as c:
+    settings = serve_settings(exported.bundle, "serve.rate_limit=10/minute", 'serve.api_keys=["team-a"]')
+    with TestClient(create_app(settings)) as c:
         files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
         statuses = [c.post("/v1/predict", files=files).status_code for _ in range(10)]
         assert statuses == [200] * 10
@@ -24,9 +27,10 @@ def test_ten_per_minute_then_429_with_retry_after(exported: ExportResult) -> Non
         assert over.status_code == 429
         assert over.json()["error"]["code"] == "rate_limited"
         assert int(over.headers["retry-after"]) > 0
-        # Another API key has its own budget; the limited client's reads still work.
+        # A configured API key has its own budget; a made-up one does not buy a fresh budget.
         assert c.post("/v1/predict", files=files, headers={"X-API-Key": "team-a"}).status_code == 200
-        assert c.get("/v1/model").status_code == 200
+        assert c.post("/v1/predict", files=files, headers={"X-API-Key": "made-up"}).status_code == 429
+        assert c.get("/v1/model").status_code == 200  # reads are not limited
         # A forged X-Forwarded-For does not buy a fresh budget (no trusted proxy is configured).
         assert c.post("/v1/predict", files=files, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
 
@@ -61,3 +65,16 @@ def test_serving_imports_no_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_failed_reload_keeps_the_current_model(
+    exported: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANTDX_ADMIN_TOKEN", "s3cret-token")
+    copy = Path(shutil.copytree(exported.bundle, tmp_path / "b"))
+    with TestClient(create_app(serve_settings(copy))) as c:
+        (copy / "labels.json").write_text('["tampered", "with"]')
+        r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret-token"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+        assert "does not match its card" in r.json()["error"]["message"]
+        assert c.post("/v1/predict", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 200

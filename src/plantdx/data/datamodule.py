@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from plantdx.config import DatasetConfig
 from plantdx.data.split import Manifest, ManifestRow, Split
 from plantdx.data.transforms import create_eval_transform, create_train_transform
-from plantdx.images import load_rgb, resize_shorter
+from plantdx.images import load_rgb, resize_for_model
 
 
 def seed_worker(worker_id: int) -> None:  # noqa: ARG001 (DataLoader passes it)
@@ -33,9 +33,10 @@ class ImageCache:
     Filled in the main process before the loaders fork, so workers share the pages.
     """
 
-    def __init__(self, root: Path, size: int, interpolation: str) -> None:
+    def __init__(self, root: Path, size: int, interpolation: str, crop: int | None = None) -> None:
         self.root = root
         self.size = size
+        self.crop = crop if crop is not None else -1
         self.interpolation = interpolation
         self._images: dict[str, np.ndarray] = {}
 
@@ -47,7 +48,7 @@ class ImageCache:
         return image
 
     def load(self, rel_path: str) -> np.ndarray:
-        return resize_shorter(load_rgb(self.root / rel_path), self.size, self.interpolation)
+        return resize_for_model(load_rgb(self.root / rel_path), self.size, self.crop, self.interpolation)
 
     def fill(self, rel_paths: Sequence[str]) -> None:
         for rel in rel_paths:
@@ -101,7 +102,7 @@ class PlantDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.manifest = manifest
         self.classes = manifest.classes
-        self.cache = ImageCache(cfg.root, cfg.resize_to, cfg.interpolation)
+        self.cache = ImageCache(cfg.root, cfg.resize_to, cfg.interpolation, crop=cfg.image_size)
         self.datasets: dict[Split, LeafDataset] = {}
 
     @property

@@ -94,7 +94,7 @@ def verify_image(path: Path) -> DataIssue | None:
                 img.load()
     except UnidentifiedImageError:
         return DataIssue("not_an_image", rel, "the file is not an image PIL can read")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         return DataIssue("corrupt", rel, f"cannot decode: {exc}")
     if actual not in set(IMAGE_EXTENSIONS.values()):
         return DataIssue("unsupported_format", rel, f"{actual} image; plantdx reads JPEG, PNG and WebP")

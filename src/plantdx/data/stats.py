@@ -51,7 +51,7 @@ def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetSta
                 formats[img.format or "?"] += 1
                 sizes[f"{img.width}x{img.height}"] += 1
                 classes[label] += 1
-        except (UnidentifiedImageError, OSError):
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             unreadable += 1
         if progress is not None:
             progress(i, len(files))

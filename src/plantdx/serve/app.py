@@ -42,8 +42,8 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
     metrics = Metrics()
     engine = Engine(settings, metrics)
 
-    async def run_job(data: bytes, content_type: str | None, top_k: int | None) -> dict[str, object]:
-        prediction = await diagnose(engine, data, content_type, "job", top_k=top_k, explain=False)
+    async def run_job(data: bytes, content_type: str | None, top_k: int | None, job_id: str) -> dict[str, object]:
+        prediction = await diagnose(engine, data, content_type, job_id, top_k=top_k, explain=False)
         return prediction.model_dump()
 
     jobs: JobBackend

@@ -29,6 +29,12 @@ class _Item:
     deadline: float
 
 
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -71,7 +77,10 @@ class MicroBatcher:
             ) from None
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())
-        return await item.future
+        try:  # a safety net: no code path should leave a future unresolved, but a client must never hang
+            return await asyncio.wait_for(asyncio.shield(item.future), self.timeout + 60)
+        except TimeoutError:
+            raise OverloadedError("inference did not answer in time; retry") from None
 
     async def _collect(self) -> list[_Item]:
         first = await self.queue.get()
@@ -90,49 +99,71 @@ class MicroBatcher:
                 break
         return batch
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            now = time.monotonic()
-            live = []
-            for item in batch:
-                if item.future.done():  # the client went away
-                    continue
-                if now > item.deadline:
-                    item.future.set_exception(
-                        OverloadedError(f"waited more than {self.timeout * 1000:.0f} ms for inference; retry")
-                    )
-                    if self.metrics is not None:
-                        self.metrics.shed.labels(reason="deadline").inc()
-                    continue
-                live.append(item)
-            if self.metrics is not None:
-                self.metrics.queue_depth.set(self.queue.qsize())
-            if not live:
+    def _expire(self, batch: list[_Item]) -> list[_Item]:
+        """Answer late items with a fast 503 (their clients have likely given up) and keep the rest."""
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():  # the client went away
                 continue
-            await self.in_flight.acquire()
+            if now > item.deadline:
+                item.future.set_exception(
+                    OverloadedError(f"waited more than {self.timeout * 1000:.0f} ms for inference; retry")
+                )
+                if self.metrics is not None:
+                    self.metrics.shed.labels(reason="deadline").inc()
+                continue
+            live.append(item)
+        return live
+
+    async def _loop(self) -> None:
+        while True:
+            batch: list[_Item] = []
+            try:
+                batch = await self._collect()
+                await self._dispatch(batch)
+            except asyncio.CancelledError:
+                _fail(batch, OverloadedError("the service is shutting down; retry"))
+                raise
+            except Exception as exc:  # never let one bad batch stop the loop, never leave a waiter hanging
+                _fail(batch, exc)
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        live = self._expire(batch)
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.queue.qsize())
+        if not live:
+            return
+        await self.in_flight.acquire()
+        live = self._expire(live)  # waiting for a free stream can take a request past its deadline
+        if not live:
+            self.in_flight.release()
+            return
+        try:
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(live))
             started = time.perf_counter()
             fut = loop.run_in_executor(self.executor, self.run_batch, np.stack([i.x for i in live]))
-            wrapped = asyncio.ensure_future(self._finish(fut, live, started))
-            self._pending.add(wrapped)
-            wrapped.add_done_callback(self._pending.discard)
+        except BaseException:
+            self.in_flight.release()
+            raise
+        wrapped = asyncio.ensure_future(self._finish(fut, live, started))
+        self._pending.add(wrapped)
+        wrapped.add_done_callback(self._pending.discard)
 
     async def _finish(self, fut: asyncio.Future[np.ndarray], items: list[_Item], started: float) -> None:
         try:
             logits = await fut
-        except Exception as exc:  # fan the failure out: every waiter gets it, none hangs
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-        else:
+            if len(logits) != len(items):
+                raise RuntimeError(f"the model returned {len(logits)} rows for {len(items)} images")
             if self.metrics is not None:
                 self.metrics.inference_seconds.observe(time.perf_counter() - started)
             for item, row in zip(items, logits, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
+        except Exception as exc:  # fan the failure out: every waiter gets it, none hangs
+            _fail(items, exc)
         finally:
             self.in_flight.release()
 
@@ -146,3 +177,7 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        leftover = []
+        while not self.queue.empty():
+            leftover.append(self.queue.get_nowait())
+        _fail(leftover, OverloadedError("the model was replaced or the service is stopping; retry"))

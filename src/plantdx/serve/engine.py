@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,10 +17,17 @@ import numpy as np
 from plantdx.config import Settings
 from plantdx.inference import Prediction, Predictor, default_bundle_path
 from plantdx.serve.batching import MicroBatcher
+from plantdx.serve.errors import ServiceError
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.uploads import decode_upload
 
 log = logging.getLogger("plantdx.serve")
+
+
+class ModelUnavailableError(ServiceError):
+    status_code = 503
+    code = "model_unavailable"
+    headers = {"Retry-After": "10"}
 
 
 @dataclass(frozen=True)
@@ -38,11 +46,17 @@ def _bundle_version(predictor: Predictor) -> str:
     return str(card.get("version") or f"bundle-{digest}")
 
 
-def load_model(settings: Settings) -> ModelSource:
+def redact(uri: str) -> str:
+    """``scheme://user:password@host/...`` -> ``scheme://***@host/...``: reasons are shown on open endpoints."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+
+
+def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSource:
     """Resolve ``serve.model``: a bundle folder, ``models:/<name>@<alias>``, or (default) the bundled model.
 
-    When the registry cannot be reached and ``fallback_to_default`` is on, the bundled model is served and the
-    reason is kept, so ``/health`` says so instead of the service refusing to start.
+    At start-up, when the registry cannot be reached and ``fallback_to_default`` is on, the bundled model is
+    served and the reason is kept, so ``/health`` says so instead of the service refusing to start. A reload
+    passes ``allow_fallback=False``: it keeps the current model rather than downgrade to the bundled one.
     """
     cfg = settings.serve
     threads = cfg.threads
@@ -57,18 +71,26 @@ def load_model(settings: Settings) -> ModelSource:
         tracking = settings.tracking.model_copy(update={"registered_model": name})
         try:
             bundle = Registry(tracking, settings.gate).resolve(alias, cache_dir=Path(".plantdx") / "bundles")
-            predictor = Predictor(bundle, threads=threads, top_k=cfg.top_k)
+            predictor = Predictor(bundle, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
             version = bundle.path.name
             return ModelSource(predictor, name, version, alias if not alias.isdigit() else None, spec)
         except Exception as exc:
-            if not cfg.fallback_to_default:
-                raise
-            reason = f"could not resolve {spec} ({type(exc).__name__}: {exc}); serving the bundled model"
+            if not (cfg.fallback_to_default and allow_fallback):
+                raise ModelUnavailableError(
+                    f"cannot load {spec} from {redact(settings.tracking.uri)} ({type(exc).__name__})"
+                ) from exc
+            reason = (
+                f"could not resolve {spec} from {redact(settings.tracking.uri)} ({type(exc).__name__}); "
+                "serving the bundled model"
+            )
             log.warning(reason)
-            predictor = Predictor(default_bundle_path(), threads=threads, top_k=cfg.top_k)
+            predictor = Predictor(default_bundle_path(), threads=threads, top_k=cfg.top_k, int8=cfg.int8)
             return ModelSource(predictor, "plantdx", _bundle_version(predictor), None, "bundled", degraded=reason)
     path = Path(spec) if spec is not None else default_bundle_path()
-    predictor = Predictor(path, threads=threads, top_k=cfg.top_k)
+    try:
+        predictor = Predictor(path, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
+    except Exception as exc:
+        raise ModelUnavailableError(f"cannot load the bundle {path}: {exc}") from exc
     return ModelSource(
         predictor,
         str(predictor.bundle.card.get("name", "plantdx")),
@@ -156,20 +178,37 @@ class Engine:
         self.ready = True
         self.metrics.ready.set(1)
 
-    async def swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
-        """Warm the new model, point new requests at it, then let the old one finish what it holds."""
+    async def reload(self) -> tuple[ModelSource, ModelSource]:
+        """Resolve the configured model again (no fallback) and swap it in; on failure the current model stays."""
         async with self._swap_lock:
-            new = self._runtime(model)
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, lambda: load_model(self.settings, allow_fallback=False))
+            return await self._swap(model)
+
+    async def swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
+        async with self._swap_lock:
+            return await self._swap(model)
+
+    async def _swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
+        """Warm the new model, point new requests at it, then let the old one finish what it holds."""
+        new = self._runtime(model)
+        try:
             await self._warm_up(new)
-            old, self.runtime = self.runtime, new
-            self._publish(model)
-            assert old is not None
-            deadline = time.monotonic() + self.cfg.drain_timeout_s
-            while old.active and time.monotonic() < deadline:  # requests still decoding for the old model
-                await asyncio.sleep(0.005)
-            if old.batcher is not None:
-                await old.batcher.drain(max(0.0, deadline - time.monotonic()))
-            return old.model, model
+        except Exception as exc:
+            if new.batcher is not None:
+                await new.batcher.drain(0)
+            raise ModelUnavailableError(
+                f"the new model failed its warm-up ({type(exc).__name__}); the current one stays"
+            ) from exc
+        old, self.runtime = self.runtime, new
+        self._publish(model)
+        assert old is not None
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while old.active and time.monotonic() < deadline:  # requests still decoding for the old model
+            await asyncio.sleep(0.005)
+        if old.batcher is not None:
+            await old.batcher.drain(max(0.0, deadline - time.monotonic()))
+        return old.model, model
 
     def current(self) -> ModelRuntime:
         from plantdx.serve.errors import NotReadyError

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from plantdx.serve.errors import OverloadedError, ServiceError
 
-Work = Callable[[bytes, str | None, int | None], Awaitable[dict[str, Any]]]
+Work = Callable[[bytes, str | None, int | None, str], Awaitable[dict[str, Any]]]  # ..., job id
 
 
 @dataclass
@@ -85,7 +85,7 @@ class LocalJobs:
             job, data, content_type, top_k = await self.queue.get()
             job.status = "running"
             try:
-                job.result = await self.work(data, content_type, top_k)
+                job.result = await self.work(data, content_type, top_k, job.job_id)
                 job.status = "done"
             except ServiceError as exc:
                 job.error = {"code": exc.code, "message": str(exc)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -13,21 +14,40 @@ from plantdx.config import ServeConfig
 from plantdx.serve.errors import error_body
 
 
-def client_key(request: Request) -> str:
-    """The API key (hashed: keys never reach the limiter's storage), else the peer address.
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
-    The peer address is the socket's, or the one uvicorn derived from X-Forwarded-For when the request came
-    through a proxy listed in ``serve.trusted_proxies``; a client cannot pick its own bucket with that header.
+
+def create_key_func(cfg: ServeConfig) -> Callable[[Request], str]:
+    """A configured API key (``X-API-Key``) gets its own budget; anything else is limited by peer address.
+
+    Only keys listed in ``serve.api_keys`` count, or a client would buy a fresh budget with every made-up key;
+    keys are hashed, so they never reach the limiter's storage. The peer address is the socket's, or the one
+    uvicorn derived from X-Forwarded-For for a proxy listed in ``serve.trusted_proxies``.
     """
-    api_key = request.headers.get("x-api-key")
-    if api_key:
-        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
-    return "addr:" + (request.client.host if request.client else "unknown")
+    known = {_digest(k.get_secret_value()) for k in cfg.api_keys}
+
+    def client_key(request: Request) -> str:
+        given = request.headers.get("x-api-key")
+        if given and (digest := _digest(given)) in known:
+            return "key:" + digest
+        return "addr:" + (request.client.host if request.client else "unknown")
+
+    return client_key
 
 
 def create_limiter(cfg: ServeConfig) -> Limiter:
+    """Redis storage when configured (replicas share counts); if Redis fails, limits fall back to memory rather
+    than failing predictions."""
     storage = cfg.redis_url or "memory://"
-    return Limiter(key_func=client_key, storage_uri=storage, headers_enabled=True, strategy="moving-window")
+    return Limiter(
+        key_func=create_key_func(cfg),
+        storage_uri=storage,
+        headers_enabled=True,
+        strategy="moving-window",
+        in_memory_fallback_enabled=cfg.redis_url is not None,
+        swallow_errors=True,
+    )
 
 
 def rate_limit_exceeded(request: Request, exc: RateLimitExceeded) -> Response:

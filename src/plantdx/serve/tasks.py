@@ -48,7 +48,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    app.task(name=TASK)(_diagnose_task)
+    app.task(name=TASK, bind=True)(_diagnose_task)
     return app
 
 
@@ -61,7 +61,7 @@ def _predictor() -> Any:
     return _worker_state["predictor"]
 
 
-def _diagnose_task(image_b64: str, content_type: str | None, top_k: int | None) -> dict[str, Any]:
+def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: int | None) -> dict[str, Any]:
     from plantdx.serve.schemas import Prediction
     from plantdx.serve.uploads import decode_upload
 
@@ -79,7 +79,7 @@ def _diagnose_task(image_b64: str, content_type: str | None, top_k: int | None) 
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
     prediction = model.predictor.predict_one(image, top_k)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    result = Prediction.build(prediction, elapsed_ms=elapsed_ms, version=model.version, request_id="job")
+    result = Prediction.build(prediction, elapsed_ms=elapsed_ms, version=model.version, request_id=task.request.id)
     return {"status": "done", "result": result.model_dump()}
 
 
@@ -87,6 +87,9 @@ def run_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INF
     _worker_state["settings"] = settings
     app = create_celery(settings)
     _predictor()  # load and verify the model before taking jobs
+    if concurrency > 1:
+        # ONNX Runtime's thread pools do not survive fork(): each prefork child loads its own copy.
+        _worker_state.pop("predictor")
     app.worker_main(
         [
             "worker",
@@ -123,11 +126,14 @@ class CeleryJobs:
         return job
 
     def _get(self, job_id: str) -> Job | None:
-        if not self.redis.exists(_KEY.format(job_id)):
+        key = _KEY.format(job_id)
+        if not self.redis.exists(key):
             return None
         result = self.app.AsyncResult(job_id)
         state = result.state
         job = Job(job_id, status={"PENDING": "queued", "RECEIVED": "queued", "RETRY": "queued"}.get(state, "running"))
+        if state in ("SUCCESS", "FAILURE"):
+            self.redis.expire(key, self.ttl)  # results live job_ttl_s after they exist, not after submission
         if state == "SUCCESS":
             payload = result.result
             job.status = payload["status"]
@@ -139,7 +145,19 @@ class CeleryJobs:
         return job
 
     async def submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
-        return await asyncio.to_thread(self._submit, data, content_type, top_k)
+        try:
+            return await asyncio.to_thread(self._submit, data, content_type, top_k)
+        except Exception as exc:
+            raise JobsUnavailableError(f"the job queue (Redis) is unavailable: {type(exc).__name__}") from None
 
     async def get(self, job_id: str) -> Job | None:
-        return await asyncio.to_thread(self._get, job_id)
+        try:
+            return await asyncio.to_thread(self._get, job_id)
+        except Exception as exc:
+            raise JobsUnavailableError(f"the job store (Redis) is unavailable: {type(exc).__name__}") from None
+
+
+class JobsUnavailableError(ServiceError):
+    status_code = 503
+    code = "jobs_unavailable"
+    headers = {"Retry-After": "5"}

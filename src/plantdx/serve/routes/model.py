@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 from functools import cache
@@ -12,7 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException
 
 from plantdx.serve.deps import EngineDep, SettingsDep
-from plantdx.serve.engine import load_model
 from plantdx.serve.schemas import ModelInfo, ReloadResult
 
 ADVICE = Path(__file__).resolve().parents[1] / "advice.json"
@@ -73,11 +71,9 @@ def create_admin_router() -> APIRouter:
     router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(check_token)])
 
     @router.post("/reload", response_model=ReloadResult)
-    async def reload(engine: EngineDep, settings: SettingsDep) -> ReloadResult:
+    async def reload(engine: EngineDep) -> ReloadResult:
         """Re-resolve the configured model (e.g. models:/plantdx@champion) and swap it in with no dropped request."""
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, load_model, settings)
-        previous, current = await engine.swap(model)
+        previous, current = await engine.reload()
         return ReloadResult(previous_version=previous.version, version=current.version, source=current.source)
 
     return router

@@ -6,15 +6,17 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from slowapi import Limiter
 from starlette.datastructures import UploadFile as StarletteUpload
 
+from plantdx.config import Settings
 from plantdx.serve.deps import EngineDep, JobsDep, RequestIdDep, SettingsDep
 from plantdx.serve.engine import Engine
-from plantdx.serve.errors import BadImageError, NotFoundError, ServiceError, error_body
+from plantdx.serve.errors import BadImageError, NotFoundError, ServiceError, TooLargeError, error_body
 from plantdx.serve.schemas import (
     BatchItem,
     BatchRequest,
@@ -26,6 +28,7 @@ from plantdx.serve.schemas import (
     Prediction,
 )
 
+log = logging.getLogger("plantdx.serve")
 TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
 ExplainQuery = Annotated[bool, Query(description="add a class-activation heat map (PNG, base64)")]
 
@@ -73,6 +76,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         request: Request,
         response: Response,
         engine: EngineDep,
+        settings: SettingsDep,
         request_id: RequestIdDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
@@ -113,7 +117,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     ) -> BatchResponse:
         """Diagnose up to 16 photos (base64 JSON or multipart ``files``); a bad item gets its own error."""
         limit_n = settings.serve.max_batch_images
-        items = await _batch_items(request, limit_n)
+        items = await _batch_items(request, limit_n, settings.serve.max_upload_bytes)
 
         async def one(index: int, item: tuple[bytes, str | None] | ServiceError) -> BatchItem:
             if isinstance(item, ServiceError):
@@ -122,6 +126,9 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
                 p = await diagnose(engine, item[0], item[1], f"{request_id}-{index}", top_k=top_k, explain=False)
             except ServiceError as exc:
                 return BatchItem(index=index, error=ErrorDetail(code=exc.code, message=str(exc)))
+            except Exception:  # one item's failure is that item's answer; the others still get theirs
+                log.exception("batch item %d failed", index)
+                return BatchItem(index=index, error=ErrorDetail(code="internal_error", message="this image failed"))
             return BatchItem(index=index, prediction=p)
 
         return BatchResponse(predictions=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(items)))))
@@ -132,11 +139,12 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         request: Request,
         response: Response,
         jobs: JobsDep,
+        settings: SettingsDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
     ) -> JobCreated:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
-        data = await file.read()
+        data = await read_upload(file, settings)
         if not data:
             raise BadImageError("the file is empty", code="empty_file")
         job = await jobs.submit(data, file.content_type, top_k)
@@ -154,7 +162,15 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     return router
 
 
-async def _batch_items(request: Request, limit: int) -> list[tuple[bytes, str | None] | ServiceError]:
+async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+    """The upload's bytes, refusing an oversized file by its size before reading it into memory."""
+    limit = settings.serve.max_upload_bytes
+    if file.size is not None and file.size > limit:
+        raise TooLargeError(f"the file is {file.size} bytes; the limit is {limit}")
+    return await file.read()
+
+
+async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tuple[bytes, str | None] | ServiceError]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -181,7 +197,13 @@ async def _batch_items(request: Request, limit: int) -> list[tuple[bytes, str | 
             raise _invalid("no 'files' parts in the multipart body")
         if len(files) > limit:
             raise _invalid(f"{len(files)} images; send at most {limit} per batch")
-        return [(await f.read(), f.content_type) for f in files]
+        out_files: list[tuple[bytes, str | None] | ServiceError] = []
+        for f in files:
+            if f.size is not None and f.size > max_bytes:
+                out_files.append(TooLargeError(f"the file is {f.size} bytes; the limit is {max_bytes}"))
+            else:
+                out_files.append((await f.read(), f.content_type))
+        return out_files
     raise _Unsupported(f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}")
 
 
