@@ -64,3 +64,41 @@ def test_cli_predict_refuses_a_missing_or_broken_file(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_text("not an image")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "bad.jpg")])
     assert result.exit_code != 0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_training_and_serving_preprocessing_agree_on_real_images(real_data: Path) -> None:
+    """The albumentations eval transform (training) and the bundle's numpy+PIL path (serving) give the same
+    tensors on real photos, and the shipped graph gives the same answers on both; PyTorch (the bundle's TorchScript
+    export) and ONNX Runtime agree on them too."""
+    import torch
+
+    from plantdx.data.datamodule import PlantDataModule
+
+    predictor = Predictor(BUNDLE, threads=2)
+    spec = predictor.spec
+    cfg = DatasetConfig(
+        root=real_data,
+        image_size=spec["crop"],
+        resize=spec["resize"],
+        interpolation=spec["interpolation"],
+        mean=tuple(spec["mean"]),
+        std=tuple(spec["std"]),
+        cache_images=False,
+    )
+    manifest = manifest_for(cfg)
+    rows = manifest.split("test")[::12]  # ~70 images, every class
+    dataset = PlantDataModule(cfg, manifest).dataset("test")
+    positions = {r.path: i for i, r in enumerate(manifest.split("test"))}
+    training = torch.stack([dataset[positions[r.path]][0] for r in rows]).numpy()
+    serving = np.stack([predictor.preprocess(load_rgb(real_data / r.path)) for r in rows])
+    np.testing.assert_allclose(training, serving, atol=1e-5)
+
+    onnx_logits = predictor.logits(serving)
+    assert (predictor.logits(training).argmax(1) == onnx_logits.argmax(1)).all()
+    scripted = torch.jit.load(str(BUNDLE / "model.ts"))
+    with torch.inference_mode():
+        torch_logits = scripted(torch.from_numpy(serving)).numpy()
+    assert (torch_logits.argmax(1) == onnx_logits.argmax(1)).all()
+    assert np.abs(torch_logits - onnx_logits).max() < 1e-3

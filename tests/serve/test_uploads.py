@@ -59,9 +59,9 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         (jpeg(), "text/plain", UnsupportedMediaError, "not accepted"),
         (jpeg(), "image/png", UnsupportedMediaError, "declared image/png"),
         (jpeg()[:300], "image/jpeg", BadImageError, "truncated or corrupt"),
-        (b"\xff\xd8\xff" + b"\x00" * 100, "image/jpeg", BadImageError, ""),
+        (b"\xff\xd8\xff" + b"\x00" * 100, "image/jpeg", BadImageError, "cannot be read|corrupt"),
         (b"x" * 1_000_001, "image/jpeg", TooLargeError, "limit"),
-        (encoded(make_leaf("a", 1), "GIF"), "image/gif", UnsupportedMediaError, ""),
+        (encoded(make_leaf("a", 1), "GIF"), "image/gif", UnsupportedMediaError, "not accepted"),
         # A polyglot: JPEG bytes with a ZIP archive appended still decodes as the JPEG it starts with.
     ],
 )
