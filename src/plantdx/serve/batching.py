@@ -29,6 +29,10 @@ class _Item:
     deadline: float
 
 
+class _NothingToRun(Exception):
+    """Every request of a batch had expired or gone: give the stream back and carry on."""
+
+
 def _fail(items: list[_Item], exc: BaseException) -> None:
     for item in items:
         if not item.future.done():
@@ -83,20 +87,22 @@ class MicroBatcher:
             raise OverloadedError("inference did not answer in time; retry") from None
 
     async def _collect(self) -> list[_Item]:
+        """Called holding a free stream: take the first waiting request and whatever queued behind it.
+
+        The ``max_wait`` window opens only when this was the last free stream: with a stream to spare, waiting
+        for company would only add latency (a lone request at low load goes straight through).
+        """
         first = await self.queue.get()
         batch = [first]
-        until = time.monotonic() + self.max_wait
-        while len(batch) < self.max_batch_size:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                # Take what is already queued without waiting.
-                while len(batch) < self.max_batch_size and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
+        while len(batch) < self.max_batch_size and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        if len(batch) < self.max_batch_size and self.max_wait > 0 and self.in_flight.locked():
+            until = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch_size and (remaining := until - time.monotonic()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
         return batch
 
     def _expire(self, batch: list[_Item]) -> list[_Item]:
@@ -117,15 +123,20 @@ class MicroBatcher:
         return live
 
     async def _loop(self) -> None:
+        """Wait for a free inference stream, then batch what is waiting: while every stream is busy, requests
+        pile up in the queue and the next free stream takes them together."""
         while True:
             batch: list[_Item] = []
+            await self.in_flight.acquire()
             try:
                 batch = await self._collect()
-                await self._dispatch(batch)
+                await self._dispatch(batch)  # hands the stream to _finish, which releases it
             except asyncio.CancelledError:
+                self.in_flight.release()
                 _fail(batch, OverloadedError("the service is shutting down; retry"))
                 raise
             except Exception as exc:  # never let one bad batch stop the loop, never leave a waiter hanging
+                self.in_flight.release()
                 _fail(batch, exc)
 
     async def _dispatch(self, batch: list[_Item]) -> None:
@@ -134,20 +145,11 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())
         if not live:
-            return
-        await self.in_flight.acquire()
-        live = self._expire(live)  # waiting for a free stream can take a request past its deadline
-        if not live:
-            self.in_flight.release()
-            return
-        try:
-            if self.metrics is not None:
-                self.metrics.batch_size.observe(len(live))
-            started = time.perf_counter()
-            fut = loop.run_in_executor(self.executor, self.run_batch, np.stack([i.x for i in live]))
-        except BaseException:
-            self.in_flight.release()
-            raise
+            raise _NothingToRun
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(live))
+        started = time.perf_counter()
+        fut = loop.run_in_executor(self.executor, self.run_batch, np.stack([i.x for i in live]))
         wrapped = asyncio.ensure_future(self._finish(fut, live, started))
         self._pending.add(wrapped)
         wrapped.add_done_callback(self._pending.discard)

@@ -17,7 +17,7 @@ import numpy as np
 from plantdx.config import Settings
 from plantdx.inference import Prediction, Predictor, default_bundle_path
 from plantdx.serve.batching import MicroBatcher
-from plantdx.serve.errors import ServiceError
+from plantdx.serve.errors import OverloadedError, ServiceError
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.uploads import decode_upload
 
@@ -110,16 +110,23 @@ class ModelRuntime:
     batcher: MicroBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
     active: int = 0  # requests that started on this runtime and have not finished
+    waiting: int = 0  # without batching: requests waiting for or in an inference stream
 
     @property
     def predictor(self) -> Predictor:
         return self.model.predictor
 
-    async def logits(self, x: np.ndarray) -> np.ndarray:
+    async def logits(self, x: np.ndarray, queue_size: int) -> np.ndarray:
         if self.batcher is not None:
             return await self.batcher.submit(x)
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self.infer_pool, self.predictor.logits, x[None])
+        if self.waiting >= queue_size:  # the same bound as the batcher's queue: shed load with a fast 503
+            raise OverloadedError(f"{self.waiting} requests are waiting for inference; retry shortly")
+        self.waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self.infer_pool, self.predictor.logits, x[None])
+        finally:
+            self.waiting -= 1
         return np.asarray(out[0])
 
 
@@ -245,7 +252,7 @@ class Engine:
         if explain and predictor.can_explain:
             prediction, heatmap = await loop.run_in_executor(self.infer_pool, predictor.explain, image, top_k)
         else:
-            logits = await runtime.logits(x)
+            logits = await runtime.logits(x, cfg.queue_size)
             prediction = predictor.postprocess(logits[None], top_k)[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)
