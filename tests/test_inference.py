@@ -20,8 +20,9 @@ from plantdx.inference import Predictor, softmax
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, plantdx.inference, plantdx.bundle, plantdx.images, plantdx.monitor; "
-        "heavy = [m for m in ('torch', 'lightning', 'timm', 'torchvision', 'albumentations') if m in sys.modules]; "
+        "import sys, plantdx.inference, plantdx.bundle, plantdx.images, plantdx.monitor, plantdx.serve, plantdx.cli; "
+        "heavy = [m for m in ('torch', 'lightning', 'timm', 'torchvision', 'albumentations', 'mlflow') "
+        "if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -7,12 +7,12 @@ refused before any of it is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plantdx.data.scan import sha256_file
 from plantdx.errors import PlantdxError
 
 REQUIRED_FILES = ("model.onnx", "labels.json", "preprocess.json", "calibration.json", "reference.json", "card.json")
@@ -24,18 +24,10 @@ class BundleError(PlantdxError):
     """A bundle folder is incomplete, altered or malformed."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every bundle file except the card itself."""
     return {
-        p.name: sha256_of(p)
+        p.name: sha256_file(p)
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != "card.json" and p.name in (*REQUIRED_FILES, *OPTIONAL_FILES)
     }
@@ -98,7 +90,7 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
             file = path / name
             if not file.is_file():
                 raise BundleError(f"bundle {path} is missing {name}, which its card lists")
-            actual = sha256_of(file)
+            actual = sha256_file(file)
             if actual != expected:
                 raise BundleError(
                     f"{name} in bundle {path} does not match its card (sha256 {actual[:12]}…, card says "

@@ -25,6 +25,11 @@ class ServiceError(PlantdxError):
             self.headers = headers
 
 
+class InvalidRequestError(ServiceError):
+    status_code = 422
+    code = "invalid_request"
+
+
 class BadImageError(ServiceError):
     status_code = 422
     code = "bad_image"

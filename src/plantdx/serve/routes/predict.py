@@ -16,7 +16,15 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from plantdx.config import Settings
 from plantdx.serve.deps import EngineDep, JobsDep, RequestIdDep, SettingsDep
 from plantdx.serve.engine import Engine
-from plantdx.serve.errors import BadImageError, NotFoundError, ServiceError, TooLargeError, error_body
+from plantdx.serve.errors import (
+    BadImageError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    TooLargeError,
+    UnsupportedMediaError,
+    error_body,
+)
 from plantdx.serve.schemas import (
     BatchItem,
     BatchRequest,
@@ -176,13 +184,13 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
         try:
             payload = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise _invalid(f"the body is not valid JSON: {exc}") from None
+            raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
         try:
             batch = BatchRequest.model_validate(payload)
         except ValueError as exc:
-            raise _invalid(f'expected {{"images": [base64, ...]}}: {exc}') from None
+            raise InvalidRequestError(f'expected {{"images": [base64, ...]}}: {exc}') from None
         if len(batch.images) > limit:
-            raise _invalid(f"{len(batch.images)} images; send at most {limit} per batch")
+            raise InvalidRequestError(f"{len(batch.images)} images; send at most {limit} per batch")
         out: list[tuple[bytes, str | None] | ServiceError] = []
         for encoded in batch.images:
             try:
@@ -194,9 +202,9 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
         form = await request.form(max_files=limit + 1, max_fields=limit + 8)
         files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload)]
         if not files:
-            raise _invalid("no 'files' parts in the multipart body")
+            raise InvalidRequestError("no 'files' parts in the multipart body")
         if len(files) > limit:
-            raise _invalid(f"{len(files)} images; send at most {limit} per batch")
+            raise InvalidRequestError(f"{len(files)} images; send at most {limit} per batch")
         out_files: list[tuple[bytes, str | None] | ServiceError] = []
         for f in files:
             if f.size is not None and f.size > max_bytes:
@@ -204,21 +212,9 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
             else:
                 out_files.append((await f.read(), f.content_type))
         return out_files
-    raise _Unsupported(f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}")
-
-
-class _Invalid(ServiceError):
-    status_code = 422
-    code = "invalid_request"
-
-
-class _Unsupported(ServiceError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
-def _invalid(message: str) -> _Invalid:
-    return _Invalid(message)
+    raise UnsupportedMediaError(
+        f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}"
+    )
 
 
 __all__ = ["create_predict_router", "diagnose", "error_body"]
