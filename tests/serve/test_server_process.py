@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -63,6 +64,11 @@ def test_reload_under_load_fails_no_request(server: Server) -> None:
     assert [r.status_code for r in reloads] == [200, 200]
     assert len(outcomes) == 240
     assert all(o.status == 200 for o in outcomes), {(o.status, o.error) for o in outcomes}
+    # One JSON log line per request, with what an operator greps for.
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    access = [x for x in lines if x.get("logger") == "plantdx.access" and x.get("route") == "/v1/predict"]
+    assert len(access) == 240
+    assert {"request_id", "status", "latency_ms", "prediction", "confidence", "model_version"} <= set(access[0])
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(server: Server) -> None:
