@@ -172,3 +172,11 @@ def test_warmup_cosine_schedule_shape() -> None:
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.505, abs=0.01)
     assert f(100) == pytest.approx(0.01)
+
+
+def test_a_plantdx_checkpoint_can_warm_start_a_model(tmp_path: Path) -> None:
+    source = _module(class_weights=[1.0, 1.0, 1.0])
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "run.ckpt")
+    model = create_model("plant_cnn", 3, width=0.25, pretrained=True, pretrained_path=tmp_path / "run.ckpt")
+    first = next(iter(model.state_dict()))
+    assert torch.equal(model.state_dict()[first], source.model.state_dict()[first])

@@ -90,6 +90,9 @@ def _load_local_weights(model: nn.Module, path: Path, name: str) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if isinstance(state, dict) and state and all(k.startswith("model.") or k.startswith("criterion.") for k in state):
+        # A plantdx Lightning checkpoint: the network's weights sit under "model."
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise ModelError(
