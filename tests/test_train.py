@@ -122,3 +122,20 @@ def test_evaluate_needs_exactly_one_source(smoke_settings: Settings) -> None:
         evaluate(smoke_settings)
     with pytest.raises(PlantdxError, match="not found"):
         evaluate(smoke_settings, checkpoint=Path("/nonexistent.ckpt"))
+
+
+def test_warm_start_from_a_previous_run(smoke_settings: Settings, tmp_path: Path) -> None:
+    """``model.pretrained`` with a local checkpoint: trains, tests and logs once (no second set of params)."""
+    first = train(smoke_settings)
+    warm = smoke_settings.model_copy(
+        update={
+            "model": smoke_settings.model.model_copy(
+                update={"pretrained": True, "pretrained_path": first.best_checkpoint}
+            ),
+            "train": smoke_settings.train.model_copy(update={"output_dir": tmp_path / "warm"}),
+        }
+    )
+    result = train(warm)
+    assert result.test is not None and result.run_id != first.run_id
+    params = MlflowClient(warm.tracking.uri).get_run(result.run_id).data.params
+    assert params["model.pretrained"] == "True"

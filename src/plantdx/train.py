@@ -256,7 +256,11 @@ def train(settings: Settings) -> TrainResult:
     trainer.fit(module, datamodule=datamodule)
 
     best = Path(checkpoint.best_model_path or checkpoint.last_model_path)
-    best_module = PlantClassifier.load_from_checkpoint(best, pretrained=False, pretrained_path=None)
+    # The best weights go back into the module that trained: rebuilding it would fetch pretrained weights again
+    # and log different hyper-parameters to the same MLflow run (which MLflow refuses).
+    state = torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    best_module = module
     trainer.test(best_module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
