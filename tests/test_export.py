@@ -132,3 +132,29 @@ def test_explain_returns_a_heat_map_png(exported: ExportResult) -> None:
     heat = Image.open(io.BytesIO(png))
     assert heat.size == (32, 32) and heat.mode == "RGBA"
     assert prediction.label == predictor.predict_one(make_leaf("Crop___Spot", 3)).label
+
+
+def test_bench_measures_every_runtime_of_a_bundle(exported: ExportResult, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from plantdx.cli import app
+
+    result = CliRunner().invoke(
+        app, ["bench", str(exported.bundle), "--runs", "10", "--batch", "4", "--threads", "1", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["runtime"]: r for r in json.loads((tmp_path / "model_runtimes.json").read_text())["results"]}
+    assert set(rows) == {"pytorch-eager", "torchscript", "onnxruntime-fp32", "onnxruntime-int8"}
+    assert rows["onnxruntime-fp32"]["p50_ms"] > 0 and rows["torchscript"]["throughput_ips"] > 0
+    assert rows["pytorch-eager"]["p50_ms"] is None and "checkpoint" in rows["pytorch-eager"]["note"]
+
+
+def test_abstain_threshold_reaches_the_target_or_says_it_did_not() -> None:
+    from plantdx.export import abstain_threshold
+
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    labels = np.array([0, 0, 1, 0])  # the 0.6 answer is wrong
+    threshold, met = abstain_threshold(probs, labels, target_accuracy=1.0, floor=0.3)
+    assert met and 0.6 < threshold <= 0.9
+    _, met = abstain_threshold(np.array([[0.99, 0.01]]), np.array([1]), target_accuracy=1.0, floor=0.3)
+    assert not met

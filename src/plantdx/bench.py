@@ -6,6 +6,7 @@ all on the same preprocessed inputs and the same thread count.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -65,24 +66,13 @@ def bench_bundle(
     xb = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
     results: list[RuntimeBench] = []
 
-    import torch
+    if importlib.util.find_spec("torch") is None:  # a serve-only install: ONNX Runtime rows only
+        for name in ("pytorch-eager", "torchscript"):
+            results.append(RuntimeBench(name, None, None, batch, None, "torch is not installed (the train extra)"))
+    else:
+        import torch
 
-    torch.set_num_threads(threads)
-    eager = _eager_model(checkpoint)
-    if eager is None:
-        results.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
-    else:
-        t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
-        with torch.inference_mode():
-            results.append(_measure("pytorch-eager", lambda: eager(t1), lambda: eager(tb), batch, runs))
-    ts_path = bundle.path / "model.ts"
-    if ts_path.is_file():
-        scripted = torch.jit.load(str(ts_path))  # type: ignore[no-untyped-call]
-        t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
-        with torch.inference_mode():
-            results.append(_measure("torchscript", lambda: scripted(t1), lambda: scripted(tb), batch, runs))
-    else:
-        results.append(RuntimeBench("torchscript", None, None, batch, None, "bundle has no model.ts"))
+        results.extend(_torch_rows(torch, bundle.path, checkpoint, x1, xb, threads, runs))
     for name, path in (("onnxruntime-fp32", bundle.onnx_path), ("onnxruntime-int8", bundle.int8_path)):
         if path is None:
             reason = bundle.card.get("int8", {}).get("reason", "not in bundle")
@@ -90,6 +80,29 @@ def bench_bundle(
             continue
         results.append(_measure_onnx(name, path, threads, x1, xb, runs))
     return results
+
+
+def _torch_rows(
+    torch: Any, bundle_dir: Path, checkpoint: Path | None, x1: np.ndarray, xb: np.ndarray, threads: int, runs: int
+) -> list[RuntimeBench]:
+    torch.set_num_threads(threads)
+    batch = len(xb)
+    rows = []
+    t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
+    eager = _eager_model(checkpoint)
+    if eager is None:
+        rows.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
+    else:
+        with torch.inference_mode():
+            rows.append(_measure("pytorch-eager", lambda: eager(t1), lambda: eager(tb), batch, runs))
+    ts_path = bundle_dir / "model.ts"
+    if ts_path.is_file():
+        scripted = torch.jit.load(str(ts_path))
+        with torch.inference_mode():
+            rows.append(_measure("torchscript", lambda: scripted(t1), lambda: scripted(tb), batch, runs))
+    else:
+        rows.append(RuntimeBench("torchscript", None, None, batch, None, "bundle has no model.ts"))
+    return rows
 
 
 def _measure_onnx(name: str, path: Path, threads: int, x1: np.ndarray, xb: np.ndarray, runs: int) -> RuntimeBench:

@@ -110,7 +110,7 @@ def compute_report(
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = support > 0
+    present = (support > 0) | (predicted > 0)  # as torchmetrics: a class only ever predicted wrongly counts as F1 0
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return EvalReport(
         classes=list(classes),

@@ -275,15 +275,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float, floor: float) -> float:
-    """Lowest confidence above which validation accuracy reaches ``target_accuracy`` (never below ``floor``)."""
+def abstain_threshold(
+    probs: np.ndarray, labels: np.ndarray, target_accuracy: float, floor: float
+) -> tuple[float, bool]:
+    """Lowest confidence above which validation accuracy reaches ``target_accuracy`` (never below ``floor``).
+
+    Returns the threshold and whether the target was reached; when it is not, 0.99 is used and the bundle's
+    calibration.json says so (nearly every answer will then be an abstention).
+    """
     confidence = probs.max(1)
     correct = probs.argmax(1) == labels
     for t in np.linspace(floor, 0.99, 99):
         kept = confidence >= t
         if kept.any() and correct[kept].mean() >= target_accuracy:
-            return float(t)
-    return 0.99
+            return float(t), True
+    return 0.99, False
 
 
 # -- the bundle ---------------------------------------------------------------------------------------------------
@@ -345,7 +351,7 @@ def export_bundle(
     val_y = np.array([index[r.label] for r in val_rows])
     val_logits = onnx_logits(session, val_x)
     temperature = fit_temperature(val_logits, val_y)
-    threshold = abstain_threshold(
+    threshold, target_met = abstain_threshold(
         softmax(val_logits, temperature), val_y, cfg.abstain_target_accuracy, cfg.abstain_floor
     )
     test_report = compute_report(test_logits, test_y, classes)
@@ -356,6 +362,7 @@ def export_bundle(
         "fitted_on": "val",
         "val_images": len(val_rows),
         "abstain_target_accuracy": cfg.abstain_target_accuracy,
+        "abstain_target_met": target_met,
         "test_ece_before": test_report.ece,
         "test_ece_after": calibrated_ece,
         "test_abstain_rate": float((softmax(test_logits, temperature).max(1) < threshold).mean()),
