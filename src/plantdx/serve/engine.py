@@ -17,7 +17,7 @@ import numpy as np
 from plantdx.config import Settings
 from plantdx.inference import Prediction, Predictor, default_bundle_path
 from plantdx.serve.batching import MicroBatcher
-from plantdx.serve.errors import OverloadedError, ServiceError
+from plantdx.serve.errors import NotReadyError, OverloadedError, ServiceError
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.uploads import decode_upload
 
@@ -192,10 +192,6 @@ class Engine:
             model = await loop.run_in_executor(None, lambda: load_model(self.settings, allow_fallback=False))
             return await self._swap(model)
 
-    async def swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
-        async with self._swap_lock:
-            return await self._swap(model)
-
     async def _swap(self, model: ModelSource) -> tuple[ModelSource, ModelSource]:
         """Warm the new model, point new requests at it, then let the old one finish what it holds."""
         new = self._runtime(model)
@@ -218,8 +214,6 @@ class Engine:
         return old.model, model
 
     def current(self) -> ModelRuntime:
-        from plantdx.serve.errors import NotReadyError
-
         if self.runtime is None or not self.ready:
             raise NotReadyError("the model is not loaded yet")
         return self.runtime

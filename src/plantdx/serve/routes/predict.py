@@ -23,7 +23,6 @@ from plantdx.serve.errors import (
     ServiceError,
     TooLargeError,
     UnsupportedMediaError,
-    error_body,
 )
 from plantdx.serve.schemas import (
     BatchItem,
@@ -217,4 +216,4 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
     )
 
 
-__all__ = ["create_predict_router", "diagnose", "error_body"]
+__all__ = ["create_predict_router", "diagnose"]
