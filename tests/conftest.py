@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import socket
+import tempfile
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +136,21 @@ def exported(trained_tiny: tuple[Settings, TrainResult], tmp_path_factory: pytes
     return export(settings, tmp_path_factory.mktemp("bundle") / "bundle", run_id=result.run_id)
 
 
+_MONITOR_DIR = Path(tempfile.mkdtemp(prefix="plantdx-monitor-"))
+
+
 def serve_settings(bundle: Path, *extra: str) -> Settings:
-    return load_settings(overrides=[f"serve.model={bundle}", "serve.log_level=WARNING", *extra])
+    """Service settings for in-process apps: each app gets its own prediction log, outside the checkout."""
+    run = _MONITOR_DIR / uuid.uuid4().hex
+    return load_settings(
+        overrides=[
+            f"serve.model={bundle}",
+            "serve.log_level=WARNING",
+            f"monitor.log_url=sqlite:///{run}/predictions.db",
+            f"monitor.report_dir={run}/reports",
+            *extra,
+        ]
+    )
 
 
 def jpeg(label: str = "Crop___Spot", seed: int = 1, size: int = 48) -> bytes:

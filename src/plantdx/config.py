@@ -120,6 +120,9 @@ class ExportConfig(_Section):
     reference_images: int = Field(600, ge=10, description="training images in the drift reference profile")
     abstain_target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy above the abstain threshold")
     abstain_floor: float = Field(0.3, ge=0, lt=1, description="the abstain threshold is never lower than this")
+    ood_quantile: float | None = Field(
+        0.975, gt=0.5, lt=1, description="out-of-distribution threshold: this quantile of validation scores; none: off"
+    )
 
 
 class GateConfig(_Section):
@@ -179,6 +182,31 @@ class ServeConfig(_Section):
     log_level: str = "INFO"
 
 
+class MonitorConfig(_Section):
+    """The prediction log, drift checks, live accuracy and the feedback images that retraining uses."""
+
+    log_url: str | None = Field(
+        "sqlite:///predictions.db",
+        description="SQLAlchemy URL of the prediction log (postgresql+psycopg://...); none: off",
+    )
+    sample_rate: float = Field(1.0, ge=0, le=1, description="fraction of served predictions written to the log")
+    log_queue_size: int = Field(10_000, ge=1, description="predictions buffered for the log writer before dropping")
+    image_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="fraction of logged predictions whose image bytes are held for feedback"
+    )
+    image_store_mb: float = Field(
+        256, ge=0, description="bound on stored image bytes; unlabelled images are evicted first, oldest first"
+    )
+    window: int = Field(500, ge=10, description="drift window: the last N logged predictions")
+    min_window: int = Field(100, ge=10, description="fewer logged predictions than this: no drift verdict")
+    column_threshold: float = Field(0.05, gt=0, lt=1, description="a column drifts when its test p-value is below")
+    drift_share: float = Field(0.5, gt=0, le=1, description="the window drifts when this share of columns drifted")
+    check_interval_s: float = Field(300, ge=0, description="periodic drift check in the service; 0: off")
+    alert_webhook: str | None = Field(None, description="POSTed a JSON payload when a drift check finds drift")
+    report_dir: Path = Field(Path("monitoring"), description="where the service and `plantdx monitor` write reports")
+    feedback_window: int = Field(500, ge=1, description="live accuracy over the last N labelled predictions")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Dumped into every MLflow run."""
 
@@ -195,6 +223,7 @@ class Settings(BaseSettings):
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
+    monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     admin_token: SecretStr | None = Field(None, description="PLANTDX_ADMIN_TOKEN; the admin routes exist only with it")
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
 

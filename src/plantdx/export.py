@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ from plantdx.evaluate import EvalReport, compute_report, expected_calibration_er
 from plantdx.images import load_rgb, resize_for_model, to_input
 from plantdx.inference import create_session, softmax
 from plantdx.model import PlantClassifier, PlantCNN
-from plantdx.monitor import image_features, reference_profile
+from plantdx.monitor import features_from_input, reference_profile
+from plantdx.ood import fit_ood, ood_scores, round_floats
 
 OPSET = 18
 
@@ -302,7 +303,10 @@ def _inputs(root: Path, rows: Sequence[ManifestRow], spec: dict[str, Any]) -> tu
     return np.stack([to_input(img, spec) for img in resized]), resized
 
 
-def _sample(rows: list[ManifestRow], n: int, seed: int) -> list[ManifestRow]:
+T = TypeVar("T")
+
+
+def _sample(rows: list[T], n: int, seed: int) -> list[T]:
     if len(rows) <= n:
         return rows
     rng = np.random.default_rng(seed)
@@ -369,27 +373,48 @@ def export_bundle(
     }
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
 
-    train_rows = _sample(manifest.split("train"), cfg.reference_images, settings.dataset.seed)
-    train_x, train_images = _inputs(root, train_rows, spec)
+    # the drift reference: held-out images (training images would make every served confidence look low), featured
+    # from the model input exactly as the service features what it serves
+    pick = _sample(list(range(len(val_rows))), cfg.reference_images, settings.dataset.seed)
+    ref_x = val_x[pick]
     has_embedding = "embedding" in {o.name for o in session.get_outputs()}
-    train_out = onnx_outputs(session, train_x, ["logits", "embedding"] if has_embedding else ["logits"])
+    ref_out = onnx_outputs(session, ref_x, ["logits", "embedding"] if has_embedding else ["logits"])
     profile = reference_profile(
-        [image_features(img) for img in train_images],
-        softmax(train_out[0], temperature),
+        [features_from_input(x, spec) for x in ref_x],
+        softmax(ref_out[0], temperature),
         classes,
         manifest.digest,
-        embeddings=train_out[1] if has_embedding else None,
+        embeddings=ref_out[1] if has_embedding else None,
+        source="validation split",
     )
     (out / "reference.json").write_text(json.dumps(profile) + "\n")
+    if has_embedding and cfg.ood_quantile is not None:  # "this does not look like a leaf I know" (plantdx.ood)
+        train_rows = manifest.split("train")
+        train_emb = np.concatenate(
+            [
+                onnx_outputs(session, _inputs(root, train_rows[i : i + 256], spec)[0], ["embedding"])[0]
+                for i in range(0, len(train_rows), 256)
+            ]
+        )
+        val_emb = onnx_outputs(session, val_x, ["embedding"])[0]
+        ood = fit_ood(train_emb, np.array([index[r.label] for r in train_rows]), val_emb, quantile=cfg.ood_quantile)
+        ood = round_floats(ood)
+        ood["fitted_on"] = {"train": len(train_rows), "val": len(val_rows)}
+        test_emb = onnx_outputs(session, test_x, ["embedding"])[0]
+        ood["test_flagged_rate"] = float((ood_scores(test_emb, ood) > ood["threshold"]).mean())
+        calibration["ood"] = ood
+        (out / "calibration.json").write_text(json.dumps(calibration) + "\n")
     (out / "labels.json").write_text(json.dumps(classes) + "\n")
     (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
 
     fp32_latency = single_image_latency(session, test_x[0])
+    calibration_rows = _sample(manifest.split("train"), cfg.int8_calibration_images, settings.dataset.seed)
+    calibration_x = _inputs(root, calibration_rows, spec)[0] if cfg.int8 else test_x[:0]
     int8 = _try_int8(
         cfg,
         onnx_path,
         out,
-        train_x[: cfg.int8_calibration_images],
+        calibration_x,
         test_x,
         test_y,
         test_logits,
@@ -427,7 +452,12 @@ def export_bundle(
         "parity": {"onnx": asdict(onnx_parity), **({"int8": int8["parity"]} if "parity" in int8 else {})},
         "int8": int8,
         "torchscript": torchscript,
-        "data": {"manifest_sha256": manifest.digest, "images": len(manifest.rows), "root": str(root)},
+        "data": {
+            "manifest_sha256": manifest.digest,
+            "test_sha256": manifest.test_digest,
+            "images": len(manifest.rows),
+            "root": str(root),
+        },
         "run_id": run_id,
         "seed": settings.train.seed,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -18,6 +18,7 @@ from PIL import Image
 
 from plantdx.bundle import Bundle, load_bundle
 from plantdx.images import load_rgb, preprocess
+from plantdx.ood import ood_scores
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -36,6 +37,8 @@ class Prediction:
     abstained: bool
     reason: str | None
     logits: list[float] = field(repr=False)
+    ood_score: float | None = None  # Mahalanobis distance of the embedding; above the bundle's threshold: abstain
+    embedding: np.ndarray | None = field(default=None, repr=False)  # for the drift monitor
 
 
 def create_session(model_path: Path, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
@@ -72,6 +75,8 @@ class Predictor:
         self.temperature = self.bundle.temperature
         self.threshold = self.bundle.abstain_threshold
         self.top_k = top_k
+        ood = self.bundle.calibration.get("ood")
+        self.ood: dict[str, Any] | None = ood if ood and self.has_embedding else None
 
     @property
     def input_size(self) -> int:
@@ -91,28 +96,61 @@ class Predictor:
         outputs = self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})
         return np.asarray(outputs[0])
 
-    def postprocess(self, logits: np.ndarray, top_k: int | None = None) -> list[Prediction]:
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in {o.name for o in self.session.get_outputs()}
+
+    def logits_and_embedding(self, batch: np.ndarray) -> np.ndarray:
+        """``[logits | embedding]`` side by side from one run: the monitor gets the embedding for free."""
+        logits, embedding = self.session.run(
+            [self.output_name, "embedding"], {self.input_name: batch.astype(np.float32, copy=False)}
+        )
+        return np.concatenate([np.asarray(logits), np.asarray(embedding, dtype=np.float32)], axis=1)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """What the service runs per batch: logits, plus the embedding when the bundle can use it (OOD, drift)."""
+        return self.logits_and_embedding(batch) if self.has_embedding else self.logits(batch)
+
+    def split(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``forward``'s output -> (logits, embedding or None)."""
+        n = len(self.labels)
+        return out[..., :n], (out[..., n:] if out.shape[-1] > n else None)
+
+    def _reason(self, confidence: float, ood_score: float | None) -> str | None:
+        if self.ood is not None and ood_score is not None and ood_score > self.ood["threshold"]:
+            return (
+                f"this does not look like the leaves the model was trained on "
+                f"(out-of-distribution score {ood_score:.0f} > {self.ood['threshold']:.0f})"
+            )
+        if confidence < self.threshold:
+            return f"confidence {confidence:.2f} is below the abstain threshold {self.threshold:.2f}"
+        return None
+
+    def postprocess(
+        self, logits: np.ndarray, top_k: int | None = None, embeddings: np.ndarray | None = None
+    ) -> list[Prediction]:
         k = min(top_k or self.top_k, len(self.labels))
         probs = softmax(logits, self.temperature)
+        scores: list[float | None] = [None] * len(logits)
+        if self.ood is not None and embeddings is not None:
+            scores = [float(v) for v in ood_scores(embeddings, self.ood)]
         out = []
-        for row_logits, row in zip(logits, probs, strict=True):
+        for i, (row_logits, row, score) in enumerate(zip(logits, probs, scores, strict=True)):
             order = np.argsort(-row)
             best = int(order[0])
             confidence = float(row[best])
-            abstained = confidence < self.threshold
+            reason = self._reason(confidence, score)
             out.append(
                 Prediction(
                     label=self.labels[best],
                     confidence=confidence,
                     probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
                     top_k=[(self.labels[int(i)], float(row[int(i)])) for i in order[:k]],
-                    abstained=abstained,
-                    reason=(
-                        f"confidence {confidence:.2f} is below the abstain threshold {self.threshold:.2f}"
-                        if abstained
-                        else None
-                    ),
+                    abstained=reason is not None,
+                    reason=reason,
                     logits=[float(x) for x in row_logits],
+                    ood_score=score,
+                    embedding=embeddings[i] if embeddings is not None else None,
                 )
             )
         return out
@@ -129,8 +167,11 @@ class Predictor:
         if not self.can_explain:
             raise ValueError(f"the {self.bundle.card.get('architecture')} bundle has no class-activation output")
         x = self.preprocess(image)[None]
-        logits, cam = self.session.run([self.output_name, "cam"], {self.input_name: x})
-        prediction = self.postprocess(np.asarray(logits), top_k)[0]
+        names = [self.output_name, "cam", *(["embedding"] if self.has_embedding else [])]
+        outputs = self.session.run(names, {self.input_name: x})
+        logits, cam = outputs[0], outputs[1]
+        embedding = np.asarray(outputs[2]) if self.has_embedding else None
+        prediction = self.postprocess(np.asarray(logits), top_k, embedding)[0]
         index = self.labels.index(prediction.label)
         return prediction, heatmap_png(np.asarray(cam)[0, index], self.input_size)
 
@@ -138,7 +179,8 @@ class Predictor:
         if not images:
             return []
         batch = np.stack([self.preprocess(img) for img in images])
-        return self.postprocess(self.logits(batch), top_k)
+        logits, embeddings = self.split(self.forward(batch))
+        return self.postprocess(logits, top_k, embeddings)
 
     def predict_one(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> Prediction:
         return self.predict([image], top_k)[0]

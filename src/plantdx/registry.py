@@ -62,10 +62,15 @@ def _version_tags(card: dict[str, Any], git_commit: str | None) -> dict[str, str
         "test_f1_per_class": json.dumps(metrics.get("test_f1_per_class", {})),
         "parity_passed": str(bool(parity.get("passed"))).lower(),
         "data_hash": str(card.get("data", {}).get("manifest_sha256")),
+        "test_hash": str(card.get("data", {}).get("test_sha256")),
         "architecture": str(card.get("architecture")),
         "git_commit": git_commit or "unknown",
     }
     return tags
+
+
+def _known(value: str | None) -> bool:
+    return value not in (None, "", "None")
 
 
 class Registry:
@@ -175,11 +180,17 @@ class Registry:
         if champion is not None and champion.version != candidate.version:
             base = float(champion.tags.get(cfg.metric, "nan"))
             result.checks["champion_" + cfg.metric] = base
-            ours, theirs = candidate.tags.get("data_hash", "?"), champion.tags.get("data_hash", "?")
+            # the same test split is what makes the scores comparable; bundles from before test_hash have data_hash
+            key = (
+                "test_hash"
+                if _known(candidate.tags.get("test_hash")) and _known(champion.tags.get("test_hash"))
+                else "data_hash"
+            )
+            ours, theirs = candidate.tags.get(key, "?"), champion.tags.get(key, "?")
             if ours != theirs:
                 result.reasons.append(
                     f"it was scored on another test split than champion v{champion.version} "
-                    f"(data hash {ours[:12]} vs {theirs[:12]})"
+                    f"({key.replace('_', ' ')} {ours[:12]} vs {theirs[:12]})"
                 )
             if not metric >= base + cfg.margin:
                 result.reasons.append(

@@ -62,6 +62,14 @@ class Manifest:
             h.update(f"{row.path},{row.label},{row.split},{row.sha256}\n".encode())
         return h.hexdigest()
 
+    @property
+    def test_digest(self) -> str:
+        """Hash of the test split alone: two models are comparable when it matches, even if training data grew."""
+        h = hashlib.sha256()
+        for row in sorted(self.split("test"), key=lambda r: r.sha256):
+            h.update(f"{row.label},{row.sha256}\n".encode())
+        return h.hexdigest()
+
 
 class _UnionFind:
     def __init__(self, n: int) -> None:

@@ -26,8 +26,10 @@ from plantdx.serve.jobs import JobBackend, LocalJobs
 from plantdx.serve.limits import create_limiter, rate_limit_exceeded
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.middleware import RequestContextMiddleware, configure_logging
+from plantdx.serve.monitoring import Monitoring
 from plantdx.serve.routes.health import create_health_router
 from plantdx.serve.routes.model import create_admin_router, create_model_router
+from plantdx.serve.routes.monitor import create_monitor_router
 from plantdx.serve.routes.predict import create_predict_router, diagnose
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,7 +42,8 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
     cfg = settings.serve
     configure_logging(cfg.log_level)
     metrics = Metrics()
-    engine = Engine(settings, metrics)
+    monitoring = Monitoring(settings, metrics) if settings.monitor.log_url else None
+    engine = Engine(settings, metrics, monitoring)
 
     async def run_job(data: bytes, content_type: str | None, top_k: int | None, job_id: str) -> dict[str, object]:
         prediction = await diagnose(engine, data, content_type, job_id, top_k=top_k, explain=False)
@@ -65,6 +68,8 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
         loaded = model or load_model(settings)
         await engine.start(loaded)
         await jobs.start()
+        if monitoring is not None:
+            monitoring.start(lambda: engine.current().predictor.bundle.reference)
         log.info(
             "ready",
             extra={
@@ -83,6 +88,8 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
         engine.draining = True
         await jobs.stop(cfg.drain_timeout_s)
         await engine.stop()
+        if monitoring is not None:
+            await monitoring.stop()  # after the drain: what the last requests logged is written
         log.info("stopped")
 
     app = FastAPI(
@@ -95,6 +102,7 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.jobs = jobs
+    app.state.monitoring = monitoring
     limiter = create_limiter(cfg)
     app.state.limiter = limiter
     app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded)  # type: ignore[arg-type]
@@ -102,8 +110,9 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
 
     app.include_router(create_predict_router(limiter, cfg.rate_limit))
     app.include_router(create_model_router())
-    if settings.admin_token is not None:
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():  # an empty token is none
         app.include_router(create_admin_router())
+    app.include_router(create_monitor_router())
     app.include_router(create_health_router())
 
     @app.get("/", include_in_schema=False)

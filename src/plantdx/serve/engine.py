@@ -19,6 +19,7 @@ from plantdx.inference import Prediction, Predictor, default_bundle_path
 from plantdx.serve.batching import MicroBatcher
 from plantdx.serve.errors import NotReadyError, OverloadedError, ServiceError
 from plantdx.serve.metrics import Metrics
+from plantdx.serve.monitoring import Monitoring
 from plantdx.serve.uploads import decode_upload
 
 log = logging.getLogger("plantdx.serve")
@@ -124,7 +125,7 @@ class ModelRuntime:
         self.waiting += 1
         try:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.infer_pool, self.predictor.logits, x[None])
+            out = await loop.run_in_executor(self.infer_pool, self.predictor.forward, x[None])
         finally:
             self.waiting -= 1
         return np.asarray(out[0])
@@ -133,8 +134,9 @@ class ModelRuntime:
 class Engine:
     """Owns the thread pools, the current runtime, and readiness."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, monitoring: Monitoring | None = None) -> None:
         self.settings = settings
+        self.monitoring = monitoring
         self.cfg = settings.serve
         self.metrics = metrics
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="plantdx-decode")
@@ -148,7 +150,7 @@ class Engine:
         batcher = None
         if self.cfg.batching:
             batcher = MicroBatcher(
-                model.predictor.logits,
+                model.predictor.forward,
                 self.infer_pool,
                 max_batch_size=self.cfg.max_batch_size,
                 max_wait_ms=self.cfg.max_wait_ms,
@@ -166,7 +168,7 @@ class Engine:
         x = np.zeros((max(1, self.cfg.max_batch_size), 3, size, size), dtype=np.float32)
         loop = asyncio.get_running_loop()
         await asyncio.gather(
-            *(loop.run_in_executor(self.infer_pool, runtime.predictor.logits, x) for _ in range(self.cfg.streams))
+            *(loop.run_in_executor(self.infer_pool, runtime.predictor.forward, x) for _ in range(self.cfg.streams))
         )
         if runtime.predictor.can_explain:
             await loop.run_in_executor(self.infer_pool, runtime.predictor.session.run, None, {"image": x[:1]})
@@ -219,18 +221,27 @@ class Engine:
         return self.runtime
 
     async def diagnose(
-        self, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool
+        self, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool, request_id: str
     ) -> tuple[Prediction, bytes | None, ModelSource, float]:
         """Untrusted bytes -> prediction (+ heat map): decode off the event loop, infer (batched), post-process."""
         runtime = self.current()
         runtime.active += 1
         try:
-            return await self._diagnose(runtime, data, content_type, top_k=top_k, explain=explain)
+            return await self._diagnose(
+                runtime, data, content_type, top_k=top_k, explain=explain, request_id=request_id
+            )
         finally:
             runtime.active -= 1
 
     async def _diagnose(
-        self, runtime: ModelRuntime, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool
+        self,
+        runtime: ModelRuntime,
+        data: bytes,
+        content_type: str | None,
+        *,
+        top_k: int | None,
+        explain: bool,
+        request_id: str,
     ) -> tuple[Prediction, bytes | None, ModelSource, float]:
         predictor = runtime.predictor
         loop = asyncio.get_running_loop()
@@ -246,10 +257,12 @@ class Engine:
         if explain and predictor.can_explain:
             prediction, heatmap = await loop.run_in_executor(self.infer_pool, predictor.explain, image, top_k)
         else:
-            logits = await runtime.logits(x, cfg.queue_size)
-            prediction = predictor.postprocess(logits[None], top_k)[0]
+            logits, embedding = predictor.split((await runtime.logits(x, cfg.queue_size))[None])
+            prediction = predictor.postprocess(logits, top_k, embedding)[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)
+        if self.monitoring is not None:
+            self.monitoring.record(request_id, runtime.model.version, prediction, x, predictor, data, content_type)
         return prediction, heatmap, runtime.model, elapsed_ms
 
     async def stop(self) -> None:

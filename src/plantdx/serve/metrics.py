@@ -46,6 +46,32 @@ class Metrics:
         self.model_info = Info("plantdx_model", "The model being served", registry=r)
         self.ready = Gauge("plantdx_ready", "1 when the service is ready for traffic", registry=r)
         self.jobs = Counter("plantdx_jobs_total", "Async jobs by final state", ["state"], registry=r)
+        # monitoring: the prediction log, drift checks and live accuracy from feedback
+        self.log_dropped = Counter(
+            "plantdx_prediction_log_dropped_total", "Predictions not logged because the log queue was full", registry=r
+        )
+        self.log_queue = Gauge(
+            "plantdx_prediction_log_queue", "Predictions waiting to be written to the log", registry=r
+        )
+        self.drift_detected = Gauge("plantdx_drift_detected", "1 when the last drift check found drift", registry=r)
+        self.drift_share = Gauge("plantdx_drift_share", "Share of monitored columns that drifted", registry=r)
+        self.drift_score = Gauge(
+            "plantdx_drift_feature_score",
+            "Drift score per monitored column (test p-value or distance)",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_checked = Gauge(
+            "plantdx_drift_last_check_timestamp_seconds", "When the last drift check finished", registry=r
+        )
+        self.drift_window = Gauge("plantdx_drift_window_size", "Predictions in the last drift window", registry=r)
+        self.feedback = Counter("plantdx_feedback_total", "Labels received by outcome", ["outcome"], registry=r)
+        self.live_accuracy = Gauge(
+            "plantdx_live_accuracy", "Accuracy of served predictions on the labelled feedback window", registry=r
+        )
+        self.live_labelled = Gauge(
+            "plantdx_live_labelled", "Labelled predictions behind plantdx_live_accuracy", registry=r
+        )
 
     def set_model(self, version: str, architecture: str, classes: Sequence[str], runtime: str) -> None:
         self.model_info.info(

@@ -138,3 +138,34 @@ class Check(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "degraded", "failing"]
     checks: dict[str, Check]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"request_id": "0f8e6c1d2b4a4f6e9d7c5b3a19e2f4d6", "label": "Tomato___healthy"}]
+        }
+    )
+
+    request_id: str = Field(min_length=1, max_length=80, description="the request_id of a served prediction")
+    label: str = Field(min_length=1, max_length=200, description="the true class, one of the model's classes")
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    label: str
+    predicted: str = Field(description="what the service answered")
+    correct: bool
+    replaced: bool = Field(description="true when this label replaced an earlier one for the same request")
+    previous_label: str | None = None
+    image_kept: bool = Field(description="the photo is stored, so `plantdx retrain` can train on it")
+
+
+class DriftStatus(BaseModel):
+    status: Literal["ok", "drift", "insufficient_data", "not_checked"]
+    message: str | None = None
+    checked_at: float | None = Field(None, description="unix time of the check")
+    report_url: str | None = Field(None, description="the Evidently HTML report of this check")
+    summary: dict[str, Any] | None = Field(
+        None, description="drift_detected, drift_share, drifted_columns, per-column p-values, window, confidence"
+    )

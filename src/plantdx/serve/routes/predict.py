@@ -34,6 +34,7 @@ from plantdx.serve.schemas import (
     JobStatus,
     Prediction,
 )
+from plantdx.serve.uploads import check_upload
 
 log = logging.getLogger("plantdx.serve")
 TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
@@ -55,7 +56,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def diagnose(
     engine: Engine, data: bytes, content_type: str | None, request_id: str, *, top_k: int | None, explain: bool
 ) -> Prediction:
-    prediction, heatmap, model, elapsed_ms = await engine.diagnose(data, content_type, top_k=top_k, explain=explain)
+    prediction, heatmap, model, elapsed_ms = await engine.diagnose(
+        data, content_type, top_k=top_k, explain=explain, request_id=request_id
+    )
     return Prediction.build(
         prediction,
         elapsed_ms=elapsed_ms,
@@ -90,7 +93,8 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         explain: ExplainQuery = False,
     ) -> Prediction:
         """Diagnose one leaf photo."""
-        result = await diagnose(engine, await file.read(), file.content_type, request_id, top_k=top_k, explain=explain)
+        data = await read_upload(file, settings)  # an oversized upload is refused before it is read into memory
+        result = await diagnose(engine, data, file.content_type, request_id, top_k=top_k, explain=explain)
         _remember(request, result)
         return result
 
@@ -152,13 +156,18 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     ) -> JobCreated:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
         data = await read_upload(file, settings)
-        if not data:
-            raise BadImageError("the file is empty", code="empty_file")
+        cfg = settings.serve  # what predict would refuse without decoding, a job is refused now, not queued
+        check_upload(data, file.content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
         job = await jobs.submit(data, file.content_type, top_k)
         request.scope.setdefault("state", {})["job_id"] = job.job_id
         return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
 
-    @router.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    @router.get(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        tags=["jobs"],
+        responses={404: {"model": ErrorBody, "description": "no such job (unknown, or its result expired)"}},
+    )
     async def get_job(job_id: str, jobs: JobsDep) -> JobStatus:
         """The state of a job, and its result or error once it has one."""
         job = await jobs.get(job_id)

@@ -1,4 +1,4 @@
-"""Monitoring: the drift reference profile that travels in every bundle, and the image features it is made of.
+"""The drift reference profile that travels in every bundle, and the image features it is made of.
 
 numpy only: the service computes the same features on every photo it serves, off the request path, and compares
 a window of them with ``reference.json``.
@@ -28,11 +28,11 @@ EMBEDDING_COMPONENTS = 8
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
-    """Colour, brightness, contrast, saturation and sharpness of an HWC uint8 RGB image, all on a 0..1 scale.
+    """Colour, brightness, contrast, saturation and sharpness of an HWC RGB image (uint8, or float on 0..1).
 
     Sharpness is the variance of a 4-neighbour Laplacian of the luma: blur lowers it, noise raises it.
     """
-    rgb = image.astype(np.float32) / 255.0
+    rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
     luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     high, low = rgb.max(axis=2), rgb.min(axis=2)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
@@ -50,6 +50,16 @@ def image_features(image: np.ndarray) -> dict[str, float]:
         "saturation": float(saturation.mean()),
         "sharpness": float(lap.var()),
     }
+
+
+def features_from_input(x: np.ndarray, spec: dict[str, Any]) -> dict[str, float]:
+    """The features of a preprocessed CHW model input: undo the normalisation rather than keep the decoded image.
+
+    The reference profile measured the same resized image as uint8, so the two agree to float rounding.
+    """
+    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
+    return image_features(np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0))
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -80,8 +90,9 @@ def reference_profile(
     classes: Sequence[str],
     data_hash: str,
     embeddings: np.ndarray | None = None,
+    source: str = "validation split",
 ) -> dict[str, Any]:
-    """What "normal" looks like, from training images: per-image rows (for Evidently) and their summaries.
+    """What "normal" looks like, from held-out images: per-image rows (for Evidently) and their summaries.
 
     Rows hold the image features, the calibrated confidence and predicted class, and when the model exposes an
     embedding, its first principal components; ``embedding.mean``/``components`` project served embeddings
@@ -102,7 +113,7 @@ def reference_profile(
     counts = np.bincount(predicted, minlength=len(classes))
     return {
         "version": PROFILE_VERSION,
-        "source": "training split",
+        "source": source,
         "images": int(len(table)),
         "data_hash": data_hash,
         "columns": columns,

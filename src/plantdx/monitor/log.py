@@ -1,0 +1,342 @@
+"""The prediction log: one row per served prediction, the labels that feedback attaches, and the image bytes
+kept so labelled photos can be trained on.
+
+SQLAlchemy Core over any URL: ``sqlite:///predictions.db`` on one machine, ``postgresql+psycopg://...`` when
+several replicas share it. The service never writes on the request path: ``LogWriter`` queues records and a
+thread inserts them in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from plantdx.monitor.profile import EMBEDDING_COMPONENTS, IMAGE_FEATURES
+
+log = logging.getLogger("plantdx.monitor")
+
+EMBEDDING_COLUMNS = tuple(f"emb_{i}" for i in range(EMBEDDING_COMPONENTS))
+FEATURE_COLUMNS = (*IMAGE_FEATURES, *EMBEDDING_COLUMNS)
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model_version", sa.String(120), nullable=False),
+    sa.Column("predicted", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("abstained", sa.Boolean, nullable=False),
+    *(sa.Column(name, sa.Float, nullable=True) for name in FEATURE_COLUMNS),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=True, index=True),
+)
+images = sa.Table(
+    "prediction_images",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("content_type", sa.String(100), nullable=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("labelled", sa.Boolean, nullable=False, default=False, index=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+
+@dataclass
+class PredictionRecord:
+    request_id: str
+    model_version: str
+    predicted: str
+    confidence: float
+    abstained: bool
+    features: dict[str, float] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    image: bytes | None = None
+    content_type: str | None = None
+    prepare: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)  # run by the writer thread
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "model_version": self.model_version,
+            "predicted": self.predicted,
+            "confidence": float(self.confidence),
+            "abstained": bool(self.abstained),
+            **{name: self.features.get(name) for name in FEATURE_COLUMNS},
+        }
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    request_id: str
+    label: str
+    predicted: str
+    previous: str | None  # the label this one replaced, if the request had one
+    image_kept: bool
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    request_id: str
+    label: str
+    content_type: str | None
+    data: bytes
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything here is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class PredictionLog:
+    """The tables and the queries the service, ``plantdx monitor`` and ``plantdx retrain`` need."""
+
+    def __init__(self, url: str, *, image_store_bytes: int = 256 * 2**20) -> None:
+        self.url = url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        self.image_store_bytes = image_store_bytes
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        if not records:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(predictions), [r.row() for r in records])
+            kept = [r for r in records if r.image is not None]
+            if kept:
+                conn.execute(
+                    sa.insert(images),
+                    [
+                        {
+                            "request_id": r.request_id,
+                            "created_at": r.created_at,
+                            "content_type": r.content_type,
+                            "size": len(r.image or b""),
+                            "labelled": False,
+                            "data": r.image,
+                        }
+                        for r in kept
+                    ],
+                )
+        if any(r.image is not None for r in records):
+            self.evict_images()
+
+    def evict_images(self) -> int:
+        """Keep the stored image bytes under the bound: unlabelled photos go first (oldest first), then labelled."""
+        removed = 0
+        with self.engine.begin() as conn:
+            total = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(images.c.size), 0))).scalar_one())
+            if total <= self.image_store_bytes:
+                return 0
+            order = (images.c.labelled.asc(), images.c.created_at.asc())
+            for request_id, size in conn.execute(sa.select(images.c.request_id, images.c.size).order_by(*order)):
+                if total <= self.image_store_bytes:
+                    break
+                conn.execute(sa.delete(images).where(images.c.request_id == request_id))
+                total -= int(size)
+                removed += 1
+        return removed
+
+    def attach_label(self, request_id: str, label: str) -> LabelResult | None:
+        """Record the true class of a logged prediction; None when the request id was never logged."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(predictions.c.predicted, predictions.c.label).where(predictions.c.request_id == request_id)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                sa.update(predictions)
+                .where(predictions.c.request_id == request_id)
+                .values(label=label, labelled_at=datetime.now(UTC))
+            )
+            kept = conn.execute(
+                sa.update(images).where(images.c.request_id == request_id).values(labelled=True)
+            ).rowcount
+        return LabelResult(request_id, label, str(row.predicted), row.label, bool(kept))
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
+
+    def window(
+        self, *, last: int | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Logged predictions, newest ``last`` of them and/or those in [since, until), oldest first."""
+        query = sa.select(predictions)
+        if since is not None:
+            query = query.where(predictions.c.created_at >= since)
+        if until is not None:
+            query = query.where(predictions.c.created_at < until)
+        query = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc())
+        if last is not None:
+            query = query.limit(last)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for r in rows:
+            r["created_at"] = _utc(r["created_at"])
+            r["labelled_at"] = _utc(r["labelled_at"])
+        return rows[::-1]
+
+    def live_accuracy(self, last: int) -> tuple[float | None, int]:
+        """Accuracy of the served predictions over the ``last`` most recently labelled ones, and how many."""
+        recent = (
+            sa.select(predictions.c.predicted, predictions.c.label)
+            .where(predictions.c.label.is_not(None))
+            .order_by(predictions.c.labelled_at.desc())
+            .limit(last)
+            .subquery()
+        )
+        query = sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(sa.case((recent.c.predicted == recent.c.label, 1), else_=0)), 0),
+        )
+        with self.engine.connect() as conn:
+            n, correct = conn.execute(query).one()
+        return (int(correct) / int(n) if n else None), int(n)
+
+    def labelled_images(self) -> Iterator[LabelledImage]:
+        """Every kept photo that has a true label: what ``plantdx retrain`` adds to the training split."""
+        query = (
+            sa.select(images.c.request_id, predictions.c.label, images.c.content_type, images.c.data)
+            .join(predictions, predictions.c.request_id == images.c.request_id)
+            .where(predictions.c.label.is_not(None))
+            .order_by(images.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield LabelledImage(str(row.request_id), str(row.label), row.content_type, bytes(row.data))
+
+    def image_bytes(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(images.c.size), 0))).scalar_one())
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    """WAL lets ``plantdx monitor`` read while the service writes."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class LogWriter:
+    """Takes records on the request path in O(1) and writes them from one thread, a batch per transaction.
+
+    A full queue drops the record (counted by ``on_drop``) rather than slow the response down; a failing database
+    is logged and retried with the next batch, never raised into a request.
+    """
+
+    def __init__(
+        self,
+        store: PredictionLog,
+        *,
+        max_queued: int = 10_000,
+        batch_size: int = 256,
+        on_drop: Callable[[], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=max_queued)
+        self.batch_size = batch_size
+        self.on_drop = on_drop
+        self.on_depth = on_depth
+        self.written = 0
+        self.failed = 0
+        self._pending = 0  # submitted and not yet written (or lost)
+        self._done = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="plantdx-predlog", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: PredictionRecord) -> bool:
+        with self._done:
+            self._pending += 1
+        try:
+            self.queue.put_nowait(record)
+            return True
+        except queue.Full:
+            with self._done:
+                self._pending -= 1
+            if self.on_drop is not None:
+                self.on_drop()
+            return False
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.batch_size:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            with self._done:
+                self._pending -= len(batch)
+                self._done.notify_all()
+            if self.on_depth is not None:
+                self.on_depth(self.queue.qsize())
+            if stop:
+                return
+
+    def _write(self, batch: list[PredictionRecord]) -> None:
+        for record in batch:
+            if record.prepare is not None:
+                try:
+                    record.features = {k: v for k, v in record.prepare().items() if k in FEATURE_COLUMNS}
+                except Exception as exc:
+                    log.warning("prediction features failed: %s", type(exc).__name__)
+                record.prepare = None
+        try:
+            self.store.write(batch)
+            self.written += len(batch)
+        except Exception as exc:  # the log must never take the service down
+            self.failed += len(batch)
+            log.warning("prediction log write failed (%d records lost): %s", len(batch), type(exc).__name__)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is written (feedback may arrive right after its prediction)."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        try:
+            self.queue.put(None, timeout=1)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)

@@ -1,0 +1,65 @@
+"""Out-of-distribution detection: "this does not look like a leaf I know".
+
+A softmax is confident on anything, photos of cats and rockets included (measured on the bundled model: it abstained
+on only 62% of scikit-image's sample photos by confidence alone). The class-conditional Mahalanobis distance of the
+embedding (Lee et al., 2018: the distance to the nearest class mean under one shared covariance, fitted on the
+training split) separates them far better; its threshold is a quantile of the held-out validation scores, so the
+share of real leaves it turns away is chosen, not discovered. numpy only: it runs in the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def fit_ood(
+    train_embeddings: np.ndarray,
+    train_labels: np.ndarray,
+    val_embeddings: np.ndarray,
+    *,
+    quantile: float = 0.975,
+    ridge: float = 1e-3,
+) -> dict[str, Any]:
+    """Class means, the shared precision matrix, and the threshold at ``quantile`` of the validation scores."""
+    mean = train_embeddings.mean(axis=0)
+    z = train_embeddings - mean
+    classes = np.unique(train_labels)
+    means = np.zeros((int(train_labels.max()) + 1, z.shape[1]))
+    for c in classes:
+        means[c] = z[train_labels == c].mean(axis=0)
+    centred = z - means[train_labels]
+    cov = centred.T @ centred / len(z) + ridge * np.eye(z.shape[1])
+    ood = {
+        "method": "mahalanobis",
+        "mean": mean.tolist(),
+        "class_means": means.tolist(),
+        "precision": np.linalg.inv(cov).tolist(),
+        "quantile": quantile,
+        "threshold": 0.0,
+    }
+    ood["threshold"] = float(np.quantile(ood_scores(val_embeddings, ood), quantile))
+    return ood
+
+
+def ood_scores(embeddings: np.ndarray, ood: dict[str, Any]) -> np.ndarray:
+    """Squared Mahalanobis distance to the nearest class mean, one per row."""
+    z = np.asarray(embeddings, dtype=np.float64) - np.asarray(ood["mean"])
+    means = np.asarray(ood["class_means"])
+    precision = np.asarray(ood["precision"])
+    # (z - m) P (z - m)^T = zPz - 2 zPm + mPm for every class mean m at once
+    zp = z @ precision
+    d = (zp * z).sum(axis=1)[:, None] - 2 * zp @ means.T + ((means @ precision) * means).sum(axis=1)[None, :]
+    return np.asarray(d.min(axis=1))
+
+
+def round_floats(ood: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """Shorter JSON (``digits`` significant digits): the precision matrix is the bulk of ``calibration.json``."""
+
+    def r(x: Any) -> Any:
+        if not isinstance(x, list):
+            return x
+        return np.vectorize(lambda v: float(f"{v:.{digits}g}"))(np.asarray(x, dtype=np.float64)).tolist()
+
+    return {k: r(v) for k, v in ood.items()}

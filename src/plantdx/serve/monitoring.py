@@ -1,0 +1,181 @@
+"""The service's side of monitoring: log every prediction off the request path, take feedback, check drift now and
+then, publish gauges and call the alert hook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantdx.config import Settings
+from plantdx.inference import Prediction, Predictor
+from plantdx.monitor.log import LabelResult, LogWriter, PredictionLog, PredictionRecord
+from plantdx.monitor.reference import monitor_row
+from plantdx.serve.metrics import Metrics
+
+log = logging.getLogger("plantdx.monitor")
+
+
+@dataclass
+class DriftState:
+    summary: dict[str, Any] | None = None
+    report: Path | None = None
+    error: str | None = None  # why the last check gave no verdict (too few predictions, ...)
+    checked_at: float | None = None
+
+
+def post_alert(url: str, payload: dict[str, Any], timeout: float = 5.0) -> bool:
+    """POST the JSON payload; a failing hook is logged, never raised (the check itself succeeded)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (an operator-set URL)
+            return 200 <= response.status < 300
+    except Exception as exc:
+        log.warning("drift alert hook failed: %s", type(exc).__name__)
+        return False
+
+
+class Monitoring:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.cfg = settings.monitor
+        self.metrics = metrics
+        assert self.cfg.log_url is not None
+        self.store = PredictionLog(self.cfg.log_url, image_store_bytes=int(self.cfg.image_store_mb * 2**20))
+        self.writer = LogWriter(
+            self.store,
+            max_queued=self.cfg.log_queue_size,
+            on_drop=metrics.log_dropped.inc,
+            on_depth=metrics.log_queue.set,
+        )
+        self.drift = DriftState()
+        self._random = random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._check_lock = asyncio.Lock()
+
+    # -- the request path: O(1), no I/O ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        request_id: str,
+        model_version: str,
+        prediction: Prediction,
+        x: np.ndarray,
+        predictor: Predictor,
+        data: bytes,
+        content_type: str | None,
+    ) -> None:
+        if self.cfg.sample_rate < 1 and self._random.random() >= self.cfg.sample_rate:
+            return
+        keep_image = self.cfg.image_sample_rate >= 1 or self._random.random() < self.cfg.image_sample_rate
+        record = PredictionRecord(
+            request_id=request_id,
+            model_version=model_version,
+            predicted=prediction.label,
+            confidence=prediction.confidence,
+            abstained=prediction.abstained,
+            image=data if keep_image and self.cfg.image_store_mb > 0 else None,
+            content_type=content_type,
+            prepare=lambda: monitor_row(prediction, x, predictor),  # features computed by the writer thread
+        )
+        self.writer.submit(record)
+
+    # -- feedback --------------------------------------------------------------------------------------------------
+
+    async def label(self, request_id: str, label: str) -> LabelResult | None:
+        loop = asyncio.get_running_loop()
+
+        def attach() -> LabelResult | None:
+            result = self.store.attach_label(request_id, label)
+            if result is None and self.writer.flush(timeout=2.0):  # its prediction may still be in the queue
+                result = self.store.attach_label(request_id, label)
+            return result
+
+        result = await loop.run_in_executor(None, attach)
+        if result is not None:
+            self.metrics.feedback.labels(outcome="correct" if result.label == result.predicted else "wrong").inc()
+            await loop.run_in_executor(None, self.update_live_accuracy)
+        return result
+
+    def update_live_accuracy(self) -> tuple[float | None, int]:
+        accuracy, n = self.store.live_accuracy(self.cfg.feedback_window)
+        self.metrics.live_labelled.set(n)
+        if accuracy is not None:
+            self.metrics.live_accuracy.set(accuracy)
+        return accuracy, n
+
+    # -- drift -----------------------------------------------------------------------------------------------------
+
+    async def check(self, reference: dict[str, Any]) -> DriftState:
+        """One drift check over the last ``window`` logged predictions (in a thread: Evidently takes ~0.2 s)."""
+        async with self._check_lock:
+            loop = asyncio.get_running_loop()
+            self.drift = await loop.run_in_executor(None, self._check, reference)
+            return self.drift
+
+    def _check(self, reference: dict[str, Any]) -> DriftState:
+        from plantdx.monitor.drift import NotEnoughDataError, check_drift
+
+        self.writer.flush(timeout=2.0)
+        rows = self.store.window(last=self.cfg.window)
+        state = DriftState(checked_at=time.time())
+        self.metrics.drift_window.set(len(rows))
+        try:
+            result = check_drift(rows, reference, self.cfg)
+        except NotEnoughDataError as exc:
+            state.error = str(exc)
+            return state
+        state.summary = result.summary
+        state.report = result.save_html(self.cfg.report_dir / "drift_report.html")
+        (self.cfg.report_dir / "drift_summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+        self.metrics.drift_detected.set(int(result.detected))
+        self.metrics.drift_share.set(result.summary["drift_share"])
+        for column, score in result.summary["columns"].items():
+            self.metrics.drift_score.labels(feature=column).set(score["p_value"])
+        self.metrics.drift_checked.set(state.checked_at or time.time())
+        self.update_live_accuracy()
+        if result.detected:
+            log.warning(
+                "drift detected",
+                extra={
+                    "fields": {
+                        "drift_share": result.summary["drift_share"],
+                        "drifted_columns": result.summary["drifted_columns"],
+                        "window": result.summary["window"]["size"],
+                    }
+                },
+            )
+            if self.cfg.alert_webhook:
+                post_alert(self.cfg.alert_webhook, {"event": "plantdx.drift_detected", **result.summary})
+        return state
+
+    def start(self, reference: Any) -> None:
+        """Periodic checks; ``reference`` is called each time, so a reloaded model is checked against its own."""
+        if self.cfg.check_interval_s <= 0:
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.cfg.check_interval_s)
+                try:
+                    await self.check(reference())
+                except Exception:  # a failed check must not end the loop
+                    log.exception("drift check failed")
+
+        self._task = asyncio.create_task(loop(), name="plantdx-drift")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.writer.close)
+        self.store.close()
