@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import free_port
 
+from conftest import free_port
 from plantdx.monitor.log import FEATURE_COLUMNS, LogWriter, PredictionLog, PredictionRecord
 
 PG_BIN = Path("/usr/lib/postgresql")

@@ -1,0 +1,107 @@
+"""Drift detection on the real PlantVillage test split with the bundled model: clean windows stay quiet, corrupted
+ones and photographs of other things are flagged (and the latter mostly abstained on)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageEnhance, ImageFilter
+
+from plantdx.config import MonitorConfig, load_settings
+from plantdx.data.split import manifest_for
+from plantdx.inference import Predictor, default_bundle_path
+from plantdx.monitor.drift import check_drift
+from plantdx.monitor.reference import score_images
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+WINDOW = 200
+CLEAN_WINDOWS = 100
+
+
+def _noise(im: Image.Image) -> Image.Image:
+    rng = np.random.default_rng(0)
+    a = np.asarray(im, dtype=np.float32)
+    return Image.fromarray(np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8))
+
+
+def _colour_cast(im: Image.Image) -> Image.Image:
+    r, g, b = im.split()
+    return Image.merge("RGB", [r.point(lambda v: min(255, int(v * 1.25))), g.point(lambda v: int(v * 0.9)),
+                               b.point(lambda v: int(v * 0.75))])  # fmt: skip
+
+
+CORRUPTIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "darkened": lambda im: ImageEnhance.Brightness(im).enhance(0.5),
+    "blurred": lambda im: im.filter(ImageFilter.GaussianBlur(2)),
+    "colour-shifted": _colour_cast,
+    "noised": _noise,
+}
+
+
+@pytest.fixture(scope="module")
+def scored(real_data: Any) -> dict[str, Any]:
+    settings = load_settings(overrides=[f"dataset.root={real_data}"])
+    rows = manifest_for(settings.dataset).split("test")
+    images = [Image.open(settings.dataset.root / r.path).convert("RGB") for r in rows]
+    predictor = Predictor(default_bundle_path())
+    out = {"predictor": predictor, "clean": score_images(predictor, images)}
+    subset = [images[i] for i in np.random.default_rng(0).choice(len(images), 400, replace=False)]
+    for name, corrupt in CORRUPTIONS.items():  # windows of 200 drawn from 400 corrupted images
+        out[name] = score_images(predictor, [corrupt(im) for im in subset])
+    return out
+
+
+def _windows(rows: list[dict[str, Any]], n: int, seed: int) -> list[list[dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    return [[rows[i] for i in rng.choice(len(rows), WINDOW, replace=False)] for _ in range(n)]
+
+
+def test_clean_windows_rarely_raise_drift(scored: dict[str, Any]) -> None:
+    reference = scored["predictor"].bundle.reference
+    cfg = MonitorConfig()
+    alarms = [check_drift(w, reference, cfg).detected for w in _windows(scored["clean"], CLEAN_WINDOWS, seed=1)]
+    rate = sum(alarms) / len(alarms)
+    print(f"clean false-alarm rate: {sum(alarms)}/{len(alarms)} windows of {WINDOW}")
+    assert rate <= 0.02  # the family-wise design rate is 0.01 per window
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupted_windows_raise_drift(scored: dict[str, Any], corruption: str) -> None:
+    reference = scored["predictor"].bundle.reference
+    results = [check_drift(w, reference, MonitorConfig()) for w in _windows(scored[corruption], 10, seed=2)]
+    detected = sum(r.detected for r in results)
+    print(f"{corruption}: {detected}/10 windows flagged; drifted columns e.g. {results[0].summary['drifted_columns']}")
+    assert detected == 10
+
+
+def _non_leaf_photos(n_per_photo: int = 12) -> list[Image.Image]:
+    """Random square crops of scikit-image's real sample photographs (people, cats, coffee, a rocket, ...)."""
+    names = ["astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry",
+             "logo", "retina", "rocket"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    crops = []
+    for name in names:
+        photo = Image.fromarray(getattr(skimage.data, name)()[..., :3])
+        w, h = photo.size
+        for _ in range(n_per_photo):
+            side = int(min(w, h) * rng.uniform(0.5, 1.0))
+            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            crops.append(photo.crop((x, y, x + side, y + side)))
+    return crops
+
+
+def test_non_leaf_photographs_raise_drift_and_are_mostly_abstained_on(scored: dict[str, Any]) -> None:
+    predictor = scored["predictor"]
+    rows = score_images(predictor, _non_leaf_photos())
+    result = check_drift(rows, predictor.bundle.reference, MonitorConfig())
+    abstained = float(np.mean([r["abstained"] for r in rows]))
+    clean_abstained = float(np.mean([r["abstained"] for r in scored["clean"]]))
+    print(f"non-leaf: drift={result.detected}, abstained {abstained:.0%} (clean test split: {clean_abstained:.1%})")
+    assert result.detected and result.summary["confidence_drift"]
+    assert abstained > 0.5
+    assert clean_abstained < 0.10
