@@ -3,6 +3,7 @@ ones and photographs of other things are flagged (and the latter mostly abstaine
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from plantdx.monitor.reference import score_images
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
+log = logging.getLogger(__name__)  # the measured rates, shown with -o log_cli=true
 WINDOW = 200
 CLEAN_WINDOWS = 100
 
@@ -66,7 +68,7 @@ def test_clean_windows_rarely_raise_drift(scored: dict[str, Any]) -> None:
     cfg = MonitorConfig()
     alarms = [check_drift(w, reference, cfg).detected for w in _windows(scored["clean"], CLEAN_WINDOWS, seed=1)]
     rate = sum(alarms) / len(alarms)
-    print(f"clean false-alarm rate: {sum(alarms)}/{len(alarms)} windows of {WINDOW}")
+    log.info(f"clean false-alarm rate: {sum(alarms)}/{len(alarms)} windows of {WINDOW}")
     assert rate <= 0.02  # the family-wise design rate is 0.01 per window
 
 
@@ -75,7 +77,7 @@ def test_corrupted_windows_raise_drift(scored: dict[str, Any], corruption: str) 
     reference = scored["predictor"].bundle.reference
     results = [check_drift(w, reference, MonitorConfig()) for w in _windows(scored[corruption], 10, seed=2)]
     detected = sum(r.detected for r in results)
-    print(f"{corruption}: {detected}/10 windows flagged; drifted columns e.g. {results[0].summary['drifted_columns']}")
+    log.info(f"{corruption}: {detected}/10 windows flagged; drifted columns e.g. {results[0].summary['drifted_columns']}")
     assert detected == 10
 
 
@@ -101,7 +103,7 @@ def test_non_leaf_photographs_raise_drift_and_are_mostly_abstained_on(scored: di
     result = check_drift(rows, predictor.bundle.reference, MonitorConfig())
     abstained = float(np.mean([r["abstained"] for r in rows]))
     clean_abstained = float(np.mean([r["abstained"] for r in scored["clean"]]))
-    print(f"non-leaf: drift={result.detected}, abstained {abstained:.0%} (clean test split: {clean_abstained:.1%})")
+    log.info(f"non-leaf: drift={result.detected}, abstained {abstained:.0%} (clean test split: {clean_abstained:.1%})")
     assert result.detected and result.summary["confidence_drift"]
     assert abstained > 0.5
     assert clean_abstained < 0.10

@@ -75,12 +75,16 @@ def test_jobs_round_trip_and_unknown_id(client: TestClient) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert status["status"] == "done" and status["result"]["prediction"]
-    bad = client.post("/v1/jobs", files={"file": ("x.jpg", b"GIF89a....", "image/jpeg")}).json()["job_id"]
+    # What needs no decoding is refused at the door; a file that only fails to decode fails its job.
+    refused = client.post("/v1/jobs", files={"file": ("x.jpg", b"GIF89a....", "image/jpeg")})
+    assert refused.status_code == 415 and refused.json()["error"]["code"] == "unsupported_media_type"
+    truncated = jpeg(size=256)[:5000]
+    bad = client.post("/v1/jobs", files={"file": ("x.jpg", truncated, "image/jpeg")}).json()["job_id"]
     deadline = time.monotonic() + 10
     while (status := client.get(f"/v1/jobs/{bad}").json())["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert status["status"] == "failed" and status["error"]["code"] == "unsupported_media_type"
+    assert status["status"] == "failed" and status["error"]["code"] == "corrupt_image"
     missing = client.get("/v1/jobs/does-not-exist")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 

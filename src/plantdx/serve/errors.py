@@ -84,6 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
+            400: "bad_request",  # e.g. a multipart body the parser cannot read
             401: "unauthorized",
             403: "forbidden",
             404: "not_found",

@@ -18,6 +18,9 @@ NEUTRAL_TYPES = {"", "application/octet-stream"}
 # A 1 x 40,000,000 image passes a pixel budget, then explodes when its short side is scaled up to the model's size.
 MAX_ASPECT = 10.0
 ANIMATED_FORMATS = {"GIF", "PNG", "WEBP"}  # MPO (a phone JPEG with extra pictures) is fine: frame 0 is the photo
+# Only the decoder the magic bytes name may read the file: Pillow would otherwise try its other plugins on a file the
+# JPEG decoder refused, some with no magic bytes of their own (a JPEG-magic file with a PhotoCD body was decoded).
+PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -30,7 +33,8 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> Image.Image:
+def _open(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Every check that needs no pixel decoded; returns the image, opened lazily (header read, pixels not)."""
     if not data:
         raise BadImageError("the file is empty", code="empty_file")
     if len(data) > max_bytes:
@@ -44,7 +48,7 @@ def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_
     if declared in ALLOWED_TYPES and declared != actual:
         raise UnsupportedMediaError(f"the file is declared {declared} but its bytes are {actual}")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[actual]])
         pixels = img.width * img.height
         if pixels > max_pixels:
             raise TooLargeError(f"the image is {img.width}x{img.height} pixels; the limit is {max_pixels} pixels")
@@ -54,13 +58,28 @@ def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_
             )
         if img.format in ANIMATED_FORMATS and getattr(img, "n_frames", 1) > 1:
             raise BadImageError("animated images are not accepted; send one photo", code="animated_image")
-        img.load()
-        return ImageOps.exif_transpose(img).convert("RGB")
+        return img
     except (TooLargeError, BadImageError):
         raise
     except Image.DecompressionBombError:
         raise TooLargeError(f"the image has more than {max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise BadImageError("the image cannot be read", code="unreadable_image") from None
+    except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault, never a 500
+        raise BadImageError(f"the image is truncated or corrupt: {exc}", code="corrupt_image") from None
+
+
+def check_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> None:
+    """The checks ``decode_upload`` makes before decoding (microseconds): an async job is refused by them at the
+    door, with the same 4xx a predict gets, instead of being queued to fail later."""
+    _open(data, content_type, max_bytes=max_bytes, max_pixels=max_pixels).close()
+
+
+def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The checks, then the decode: an upright RGB image, or the 4xx that says what is wrong with the file."""
+    img = _open(data, content_type, max_bytes=max_bytes, max_pixels=max_pixels)
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img).convert("RGB")
     except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault, never a 500
         raise BadImageError(f"the image is truncated or corrupt: {exc}", code="corrupt_image") from None

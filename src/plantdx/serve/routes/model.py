@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException
 
 from plantdx.serve.deps import EngineDep, SettingsDep
-from plantdx.serve.schemas import ModelInfo, ReloadResult
+from plantdx.serve.schemas import ErrorBody, ModelInfo, ReloadResult
 
 ADVICE = Path(__file__).resolve().parents[1] / "advice.json"
 
@@ -25,7 +25,11 @@ def load_advice() -> dict[str, Any]:
 def create_model_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["model"])
 
-    @router.get("/model", response_model=ModelInfo)
+    @router.get(
+        "/model",
+        response_model=ModelInfo,
+        responses={503: {"model": ErrorBody, "description": "the model is not loaded yet"}},
+    )
     def model_info(engine: EngineDep) -> ModelInfo:
         """Name, version, alias, architecture, classes, metrics and runtime of the model being served."""
         runtime = engine.current()
@@ -65,10 +69,20 @@ def create_admin_router() -> APIRouter:
                 401, "admin routes need 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
             )
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        secret = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not secret or not hmac.compare_digest(given.encode(), secret):
             raise HTTPException(403, "the admin token is not valid")
 
-    router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(check_token)])
+    router = APIRouter(
+        prefix="/v1/admin",
+        tags=["admin"],
+        dependencies=[Depends(check_token)],
+        responses={
+            401: {"model": ErrorBody, "description": "no bearer token"},
+            403: {"model": ErrorBody, "description": "the bearer token is not the admin token"},
+            503: {"model": ErrorBody, "description": "the new model failed to load; the current one stays"},
+        },
+    )
 
     @router.post("/reload", response_model=ReloadResult)
     async def reload(engine: EngineDep) -> ReloadResult:
