@@ -77,7 +77,9 @@ def test_corrupted_windows_raise_drift(scored: dict[str, Any], corruption: str) 
     reference = scored["predictor"].bundle.reference
     results = [check_drift(w, reference, MonitorConfig()) for w in _windows(scored[corruption], 10, seed=2)]
     detected = sum(r.detected for r in results)
-    log.info(f"{corruption}: {detected}/10 windows flagged; drifted columns e.g. {results[0].summary['drifted_columns']}")
+    log.info(
+        f"{corruption}: {detected}/10 windows flagged; drifted columns e.g. {results[0].summary['drifted_columns']}"
+    )
     assert detected == 10
 
 
