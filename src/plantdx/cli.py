@@ -495,6 +495,104 @@ def worker(
     run_worker(settings, concurrency=concurrency)
 
 
+def _reference_of(settings: Settings, model: str | None) -> dict[str, Any]:
+    """The drift baseline: ``reference.json`` of the given (or served) model."""
+    from plantdx.bundle import load_bundle
+    from plantdx.inference import default_bundle_path
+
+    spec = model or settings.serve.model
+    if spec is not None and spec.startswith("models:/"):
+        from plantdx.registry import Registry
+
+        name, _, alias = spec.removeprefix("models:/").partition("@")
+        tracking = settings.tracking.model_copy(update={"registered_model": name})
+        bundle = Registry(tracking, settings.gate).resolve(alias or "champion", cache_dir=Path(".plantdx") / "bundles")
+        return bundle.reference
+    return load_bundle(Path(spec) if spec else default_bundle_path()).reference
+
+
+@app.command()
+def monitor(
+    last: Annotated[
+        int | None, typer.Option(help="Window: the last N logged predictions (default monitor.window).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Window start, ISO time (e.g. 2026-11-27T08:00:00+00:00).")] = None,
+    until: Annotated[str | None, typer.Option(help="Window end, ISO time (exclusive).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Bundle or models:/name@alias whose reference is the baseline.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the HTML report and JSON summary.")] = None,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is detected (for cron and CI).")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Drift of logged predictions against the model's reference profile (Evidently report), and live accuracy."""
+    from datetime import datetime
+
+    from plantdx.monitor.drift import NotEnoughDataError, check_drift
+    from plantdx.monitor.log import PredictionLog
+
+    settings = _settings(config, set_)
+    cfg = settings.monitor
+    if cfg.log_url is None:
+        raise PlantdxError("monitor.log_url is not set: there is no prediction log to read")
+    try:
+        start = datetime.fromisoformat(since) if since else None
+        end = datetime.fromisoformat(until) if until else None
+    except ValueError as exc:
+        raise PlantdxError(f"--since/--until must be ISO times: {exc}") from None
+    store = PredictionLog(cfg.log_url)
+    try:
+        window = last if last is not None else (None if start or end else cfg.window)
+        rows = store.window(last=window, since=start, until=end)
+        accuracy, labelled = store.live_accuracy(cfg.feedback_window)
+    finally:
+        store.close()
+    try:
+        result = check_drift(rows, _reference_of(settings, model), cfg)
+    except NotEnoughDataError as exc:
+        raise PlantdxError(str(exc)) from None
+    folder = out or cfg.report_dir
+    html = result.save_html(folder / "drift_report.html")
+    (folder / "drift_summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    s = result.summary
+    table = Table(title="drift" + (" DETECTED" if result.detected else ": none"), show_header=False)
+    table.add_row("window", f"{s['window']['size']} predictions, {s['window']['from']} .. {s['window']['to']}")
+    table.add_row(
+        "drifted columns",
+        f"{len(s['drifted_columns'])} of {len(s['columns'])}: {', '.join(s['drifted_columns']) or '-'}",
+    )
+    table.add_row("prediction / confidence drift", f"{s['prediction_drift']} / {s['confidence_drift']}")
+    table.add_row("mean confidence", f"{s['mean_confidence']:.3f} (reference {s['reference_mean_confidence']:.3f})")
+    table.add_row("abstained", f"{s['abstain_rate']:.1%}")
+    table.add_row(
+        "live accuracy", f"{accuracy:.1%} over {labelled} labelled" if accuracy is not None else "no feedback yet"
+    )
+    table.add_row("report", f"{html}  ({folder / 'drift_summary.json'})")
+    console.print(table)
+    if fail_on_drift and result.detected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def retrain(
+    min_feedback: Annotated[int, typer.Option(help="Refuse to train with fewer labelled feedback photos.")] = 1,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Original data + labelled feedback photos -> train a challenger -> register -> promote only through the gate."""
+    from plantdx.retrain import retrain as run_retrain
+
+    result = run_retrain(_settings(config, set_), min_feedback=min_feedback)
+    skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items()) or "none"
+    console.print(f"trained on the dataset + {result.feedback_images} feedback photos (skipped: {skipped})")
+    console.print(f"registered v{result.version} (run {result.run_id}); work folder {result.run_dir}")
+    if result.accepted:
+        console.print(f"gate accepted: v{result.version} is champion (was v{result.champion_before})")
+    else:
+        console.print(f"gate refused: champion stays v{result.champion_after}: " + "; ".join(result.reasons))
+
+
 def main() -> None:
     """Console entry point: domain errors become one line on stderr and a non-zero exit."""
     try:
