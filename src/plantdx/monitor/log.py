@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,6 +117,7 @@ class PredictionLog:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
         self.image_store_bytes = image_store_bytes
+        self._image_total: int | None = None  # stored image bytes as last counted, plus what this process added
 
     def close(self) -> None:
         self.engine.dispose()
@@ -143,8 +145,15 @@ class PredictionLog:
                         for r in kept
                     ],
                 )
-        if any(r.image is not None for r in records):
-            self.evict_images()
+        added = sum(len(r.image) for r in records if r.image is not None)
+        if added:
+            if self._image_total is None:
+                self._image_total = self.image_bytes()
+            else:
+                self._image_total += added
+            if self._image_total > self.image_store_bytes:  # a full scan only when the bound may be crossed
+                self.evict_images()
+                self._image_total = None  # recounted next time: other replicas may write to the same store
 
     def evict_images(self) -> int:
         """Keep the stored image bytes under the bound: unlabelled photos go first (oldest first), then labelled."""
@@ -260,12 +269,14 @@ class LogWriter:
         *,
         max_queued: int = 10_000,
         batch_size: int = 256,
+        linger_s: float = 0.05,
         on_drop: Callable[[], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=max_queued)
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self.on_drop = on_drop
         self.on_depth = on_depth
         self.written = 0
@@ -293,6 +304,7 @@ class LogWriter:
             first = self.queue.get()
             if first is None:
                 return
+            time.sleep(self.linger_s)  # let a few records gather: one transaction for many, less CPU per record
             batch = [first]
             stop = False
             while len(batch) < self.batch_size:
