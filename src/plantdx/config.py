@@ -200,7 +200,7 @@ class MonitorConfig(_Section):
     window: int = Field(500, ge=10, description="drift window: the last N logged predictions")
     min_window: int = Field(100, ge=10, description="fewer logged predictions than this: no drift verdict")
     # Bonferroni: 0.01 spread over ~20 monitored columns, and any one drifted column flags the window. Measured on
-    # the real test split (docs/monitoring.md): Evidently's default (p<0.05, half the columns) missed blur and noise.
+    # the real test split (README, Monitoring): Evidently's default (p<0.05, half the columns) missed blur and noise.
     column_threshold: float = Field(0.0005, gt=0, lt=1, description="a column drifts when its test p-value is below")
     drift_share: float = Field(
         0.04, gt=0, le=1, description="the window drifts when this share of columns drifted (0.04: any one of 25)"
