@@ -76,6 +76,8 @@ class MicroBatcher:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
+            if self.metrics is not None:
+                self.metrics.shed.labels(reason="queue_full").inc()
             raise OverloadedError(
                 f"the inference queue is full ({self.queue.maxsize} waiting); retry shortly"
             ) from None

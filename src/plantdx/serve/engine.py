@@ -110,6 +110,7 @@ class ModelRuntime:
     infer_pool: ThreadPoolExecutor
     batcher: MicroBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
+    metrics: Metrics | None = None
     active: int = 0  # requests that started on this runtime and have not finished
     waiting: int = 0  # without batching: requests waiting for or in an inference stream
 
@@ -121,6 +122,8 @@ class ModelRuntime:
         if self.batcher is not None:
             return await self.batcher.submit(x)
         if self.waiting >= queue_size:  # the same bound as the batcher's queue: shed load with a fast 503
+            if self.metrics is not None:
+                self.metrics.shed.labels(reason="queue_full").inc()
             raise OverloadedError(f"{self.waiting} requests are waiting for inference; retry shortly")
         self.waiting += 1
         try:
@@ -160,7 +163,7 @@ class Engine:
                 metrics=self.metrics,
             )
             batcher.start()
-        return ModelRuntime(model, self.infer_pool, batcher)
+        return ModelRuntime(model, self.infer_pool, batcher, metrics=self.metrics)
 
     async def _warm_up(self, runtime: ModelRuntime) -> None:
         """One batch through every stream before taking traffic: the first ONNX Runtime call is slow."""
@@ -186,6 +189,7 @@ class Engine:
         self._publish(model)
         self.ready = True
         self.metrics.ready.set(1)
+        self.metrics.queue_capacity.set(self.cfg.queue_size)
 
     async def reload(self) -> tuple[ModelSource, ModelSource]:
         """Resolve the configured model again (no fallback) and swap it in; on failure the current model stays."""

@@ -34,6 +34,9 @@ class Metrics:
             "plantdx_batch_size", "Images per inference call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )
         self.queue_depth = Gauge("plantdx_queue_depth", "Images waiting for inference", registry=r)
+        self.queue_capacity = Gauge(
+            "plantdx_queue_capacity", "Images the inference queue holds before shedding (serve.queue_size)", registry=r
+        )
         self.shed = Counter("plantdx_shed_total", "Requests refused to protect latency", ["reason"], registry=r)
         self.predictions = Counter("plantdx_predictions_total", "Predictions by class", ["label"], registry=r)
         self.confidence = Histogram(
