@@ -53,11 +53,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(timeout=10)
 
 
-def start_worker(bundle: Path, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(bundle: Path, redis_url: str, log: Path, log_url: str = "null") -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
     cmd = [sys.executable, "-m", "plantdx.cli", "worker", "--model", str(bundle),
            "--set", f"serve.redis_url={redis_url}", "--set", "serve.fault_job_delay_s=3",
-           "--set", "serve.job_visibility_timeout_s=6"]  # fmt: skip
+           "--set", "serve.job_visibility_timeout_s=6", "--set", f"monitor.log_url={log_url}"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -76,7 +76,9 @@ def test_a_job_survives_its_worker_being_killed(
     clean_env: None,  # noqa: ARG001
 ) -> None:
     settings = serve_settings(exported.bundle, f"serve.redis_url={redis_url}", "serve.job_visibility_timeout_s=6")
-    workers = [start_worker(exported.bundle, redis_url, tmp_path / f"worker{i}.log") for i in range(2)]
+    log_url = settings.monitor.log_url
+    assert log_url is not None
+    workers = [start_worker(exported.bundle, redis_url, tmp_path / f"worker{i}.log", log_url) for i in range(2)]
     try:
         with TestClient(create_app(settings)) as c:
             job_id = c.post("/v1/jobs", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).json()["job_id"]
@@ -89,6 +91,10 @@ def test_a_job_survives_its_worker_being_killed(
             wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] == "done", 90, "the job on the other worker")
             done = c.get(f"/v1/jobs/{job_id}").json()
             assert done["result"]["prediction"] in ("Crop___Blight", "Crop___Spot", "Crop___healthy")
+            store = c.app.state.monitoring.store  # type: ignore[attr-defined]
+            wait_for(lambda: any(r["request_id"] == job_id for r in store.window(last=5)), 10, "the worker's log row")
+            (row,) = [r for r in store.window(last=5) if r["request_id"] == job_id]  # the same log as the API's
+            assert row["predicted"] == done["result"]["prediction"] and row["brightness"] is not None
             survivor = next(w for w in workers if w.pid != victim)
             assert survivor.poll() is None
             assert c.get("/v1/jobs/not-a-job").status_code == 404

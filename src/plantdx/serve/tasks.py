@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import time
 import uuid
 from typing import Any
@@ -77,10 +78,49 @@ def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: i
         )
     except ServiceError as exc:
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
-    prediction = model.predictor.predict_one(image, top_k)
+    predictor = model.predictor
+    x = predictor.preprocess(image)
+    logits, embedding = predictor.split(predictor.forward(x[None]))
+    prediction = predictor.postprocess(logits, top_k, embedding)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     result = Prediction.build(prediction, elapsed_ms=elapsed_ms, version=model.version, request_id=task.request.id)
+    _log_prediction(settings, task.request.id, model.version, prediction, x, predictor, image_b64, content_type)
     return {"status": "done", "result": result.model_dump()}
+
+
+def _log_prediction(
+    settings: Settings,
+    request_id: str,
+    version: str,
+    prediction: Any,
+    x: Any,
+    predictor: Any,
+    image_b64: str,
+    content_type: str | None,
+) -> None:
+    """Jobs done by workers go to the same prediction log as the API's (point both at one PostgreSQL)."""
+    cfg = settings.monitor
+    if cfg.log_url is None or (cfg.sample_rate < 1 and random.random() >= cfg.sample_rate):
+        return
+    from plantdx.monitor.log import LogWriter, PredictionLog, PredictionRecord
+    from plantdx.monitor.reference import monitor_row
+
+    if "log" not in _worker_state:  # per worker process: connections and threads do not survive fork()
+        store = PredictionLog(cfg.log_url, image_store_bytes=int(cfg.image_store_mb * 2**20))
+        _worker_state["log"] = LogWriter(store, max_queued=cfg.log_queue_size)
+    keep = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or random.random() < cfg.image_sample_rate)
+    _worker_state["log"].submit(
+        PredictionRecord(
+            request_id=request_id,
+            model_version=version,
+            predicted=prediction.label,
+            confidence=prediction.confidence,
+            abstained=prediction.abstained,
+            image=base64.b64decode(image_b64) if keep else None,
+            content_type=content_type,
+            prepare=lambda: monitor_row(prediction, x, predictor),
+        )
+    )
 
 
 def run_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
