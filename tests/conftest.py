@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import os
 import socket
-import tempfile
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator

@@ -55,7 +55,9 @@ def embed_paths(predictor: Predictor, paths: Sequence[Path], chunk: int = 256) -
     out = []
     for i in range(0, len(paths), chunk):
         x = np.stack([predictor.preprocess(p) for p in paths[i : i + chunk]])
-        out.append(score_inputs(predictor, x)[1])
+        embeddings = score_inputs(predictor, x)[1]
+        assert embeddings is not None  # callers check has_embedding
+        out.append(embeddings)
     return np.concatenate(out)
 
 

@@ -39,7 +39,7 @@ def post_alert(url: str, payload: dict[str, Any], timeout: float = 5.0) -> bool:
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (an operator-set URL)
-            return 200 <= response.status < 300
+            return bool(200 <= response.status < 300)
     except Exception as exc:
         log.warning("drift alert hook failed: %s", type(exc).__name__)
         return False
