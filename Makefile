@@ -9,7 +9,7 @@ export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train smoke test lint format default-model bench bench-serve
+.PHONY: help install serve train smoke test lint format default-model bench bench-serve reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ bench: install ## latency/throughput of every runtime of the bundled model -> be
 
 bench-serve: install ## the service vs the raw pipeline vs the naive baseline, over HTTP (needs `wrk`)
 	$(BIN)/python benchmarks/serve.py
+
+reliability: install ## the full load, soak, overload and fault drills (several minutes) -> docs/reliability.md figures
+	$(BIN)/pytest tests/serve/test_faults.py tests/serve/test_server_process.py tests/serve/test_redis.py
+	$(BIN)/python benchmarks/reliability.py
 
 test: install ## run the whole test suite (unit, real-data, training, DDP)
 	$(BIN)/pytest

@@ -162,6 +162,12 @@ class ServeConfig(_Section):
     max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
     queue_size: int = Field(256, ge=1, description="requests waiting for inference before the service sheds load")
     request_timeout_ms: float = Field(2000, gt=0, description="a queued request older than this gets a fast 503")
+    max_in_flight: int = Field(
+        128,
+        ge=1,
+        description="diagnosis requests being read, decoded or inferred at once; more get a fast 503 before their "
+        "upload is read (the inference queue alone cannot shed load that piles up in front of it)",
+    )
     max_upload_bytes: int = Field(10 * 2**20, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused before they are decoded")
     max_batch_images: int = Field(16, ge=1)

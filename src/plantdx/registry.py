@@ -73,6 +73,26 @@ def _known(value: str | None) -> bool:
     return value not in (None, "", "None")
 
 
+def ping(uri: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` when an HTTP tracking server does not answer at all.
+
+    MLflow's client retries a refused connection with back-off for about four minutes (7 retries) before giving
+    up: a service starting while the registry is down would sit unready that long before falling back. Any HTTP
+    answer, even an error from a proxy in front, counts as reachable; other URIs (sqlite, file) are not checked.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"the tracking server does not answer ({type(exc).__name__}: {exc})") from None
+
+
 class Registry:
     def __init__(self, tracking: TrackingConfig, gate: GateConfig | None = None) -> None:
         from mlflow import MlflowClient

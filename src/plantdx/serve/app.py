@@ -126,5 +126,7 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
             CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     max_body = cfg.max_upload_bytes * cfg.max_batch_images * 4 // 3 + 2**20  # base64 inflates by 4/3
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=max_body)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=max_body, max_in_flight=cfg.max_in_flight
+    )
     return app

@@ -63,7 +63,7 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
     threads = cfg.threads
     spec = cfg.model
     if spec is not None and spec.startswith("models:/"):
-        from plantdx.registry import Registry
+        from plantdx.registry import Registry, ping
 
         name, _, alias = spec.removeprefix("models:/").partition("@")
         if not alias and "/" in name:
@@ -71,6 +71,7 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
         alias = alias or "champion"
         tracking = settings.tracking.model_copy(update={"registered_model": name})
         try:
+            ping(settings.tracking.uri)  # seconds, not MLflow's minutes of retries, to know the registry is down
             bundle = Registry(tracking, settings.gate).resolve(alias, cache_dir=Path(".plantdx") / "bundles")
             predictor = Predictor(bundle, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
             version = bundle.path.name

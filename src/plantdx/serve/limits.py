@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -38,11 +39,23 @@ def create_key_func(cfg: ServeConfig) -> Callable[[Request], str]:
 
 def create_limiter(cfg: ServeConfig) -> Limiter:
     """Redis storage when configured (replicas share counts); if Redis fails, limits fall back to memory rather
-    than failing predictions."""
-    storage = cfg.redis_url or "memory://"
+    than failing predictions.
+
+    The fallback is per process (each replica counts on its own) and slowapi logs it as a WARNING; it retries
+    Redis with back-off (1, 2, 4 ... 32 s) and logs "Rate limit storage recovered" when counts are shared again.
+    """
+    options: dict[str, Any] = {}
+    if cfg.redis_url:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # slowapi checks limits synchronously on the event loop: a Redis that hangs (rather than refuses) would
+        # stall every request for as long as redis-py waits and retries (no timeout, 10 retries by default).
+        options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": Retry(NoBackoff(), 0)}
     return Limiter(
         key_func=create_key_func(cfg),
-        storage_uri=storage,
+        storage_uri=cfg.redis_url or "memory://",
+        storage_options=options,
         headers_enabled=True,
         strategy="moving-window",
         in_memory_fallback_enabled=cfg.redis_url is not None,

@@ -19,6 +19,7 @@ from plantdx.serve.metrics import Metrics
 
 access_log = logging.getLogger("plantdx.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ADMITTED = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/jobs"})  # POSTs that read an upload: admission control
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -51,7 +52,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    for name in ("plantdx", "uvicorn.error"):
+    for name in ("plantdx", "uvicorn.error", "slowapi"):  # slowapi warns when Redis-backed limits fall back to memory
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level)
@@ -59,10 +60,14 @@ def configure_logging(level: str) -> None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, max_in_flight: int | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # admitted uploads not yet answered (one event loop: no lock needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,6 +85,18 @@ class RequestContextMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             status = 413
             await self._reject(send, request_id, 413, "too_large", f"the request body exceeds {self.max_body} bytes")
+            self._finish(scope, request_id, status, started)
+            return
+
+        limit = self.max_in_flight
+        admitted = limit is not None and scope["method"] == "POST" and scope["path"] in ADMITTED
+        if admitted and limit is not None and self.in_flight >= limit:
+            # Refuse before the upload is read: under overload the work piles up in front of the inference queue
+            # (reading and parsing uploads), where its bound and deadline cannot see it.
+            status = 503
+            self.metrics.shed.labels(reason="in_flight").inc()
+            message = f"{self.in_flight} requests are being served; retry shortly"
+            await self._reject(send, request_id, 503, "overloaded", message, [(b"retry-after", b"1")])
             self._finish(scope, request_id, status, started)
             return
 
@@ -104,12 +121,24 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
+        if admitted:
+            self.in_flight += 1
         try:
             await self.app(scope, limited_receive, send_wrapper)
         finally:
+            if admitted:
+                self.in_flight -= 1
             self._finish(scope, request_id, status, started)
 
-    async def _reject(self, send: Send, request_id: str, status: int, code: str, message: str) -> None:
+    async def _reject(
+        self,
+        send: Send,
+        request_id: str,
+        status: int,
+        code: str,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         body = json.dumps(error_body(code, message)).encode()
         await send(
             {
@@ -119,6 +148,7 @@ class RequestContextMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", request_id.encode()),
+                    *(headers or []),
                     *SECURITY_HEADERS,
                 ],
             }
@@ -128,7 +158,8 @@ class RequestContextMiddleware:
     def _finish(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        # a request refused before routing (admission control) still counts under its route
+        path = getattr(route, "path", None) or (scope["path"] if scope["path"] in ADMITTED else "unmatched")
         self.metrics.active.dec()
         self.metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
         self.metrics.latency.labels(route=path).observe(elapsed)

@@ -147,11 +147,16 @@ class CeleryJobs:
 
     def __init__(self, settings: Settings) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.app = create_celery(settings)
         self.ttl = settings.serve.job_ttl_s
         assert settings.serve.redis_url is not None
-        self.redis = redis.Redis.from_url(settings.serve.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        # One retry, not redis-py's ten: a hung Redis gets its 503 in ~6 s rather than ~30 s (docs/reliability.md).
+        self.redis = redis.Redis.from_url(
+            settings.serve.redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1)
+        )
 
     async def start(self) -> None:
         return None
