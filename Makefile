@@ -42,8 +42,10 @@ bench: install ## latency/throughput of every runtime of the bundled model -> be
 bench-serve: install ## the service vs the raw pipeline vs the naive baseline, over HTTP (needs `wrk`)
 	$(BIN)/python benchmarks/serve.py
 
-reliability: install ## the full load, soak, overload and fault drills (several minutes) -> docs/reliability.md figures
-	$(BIN)/pytest tests/serve/test_faults.py tests/serve/test_server_process.py tests/serve/test_redis.py
+reliability: install ## load, soak, overload, fault drills, hostile input, API fuzzing, security (~12 min) -> docs/reliability.md
+	$(BIN)/pytest tests/serve/test_faults.py tests/serve/test_server_process.py tests/serve/test_redis.py \
+		tests/serve/test_hostile_input.py tests/serve/test_api_fuzz.py tests/serve/test_security.py \
+		tests/serve/test_admission.py tests/serve/test_limits_and_admin.py
 	$(BIN)/python benchmarks/reliability.py
 
 test: install ## run the whole test suite (unit, real-data, training, DDP)
