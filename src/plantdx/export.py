@@ -34,7 +34,7 @@ from plantdx.images import load_rgb, resize_for_model, to_input
 from plantdx.inference import create_session, softmax
 from plantdx.model import PlantClassifier, PlantCNN
 from plantdx.monitor import features_from_input, reference_profile
-from plantdx.ood import fit_ood, ood_scores, round_floats
+from plantdx.ood import fit_detector
 
 OPSET = 18
 
@@ -396,13 +396,13 @@ def export_bundle(
                 for i in range(0, len(train_rows), 256)
             ]
         )
-        val_emb = onnx_outputs(session, val_x, ["embedding"])[0]
-        ood = fit_ood(train_emb, np.array([index[r.label] for r in train_rows]), val_emb, quantile=cfg.ood_quantile)
-        ood = round_floats(ood)
-        ood["fitted_on"] = {"train": len(train_rows), "val": len(val_rows)}
-        test_emb = onnx_outputs(session, test_x, ["embedding"])[0]
-        ood["test_flagged_rate"] = float((ood_scores(test_emb, ood) > ood["threshold"]).mean())
-        calibration["ood"] = ood
+        calibration["ood"] = fit_detector(
+            train_emb,
+            np.array([index[r.label] for r in train_rows]),
+            onnx_outputs(session, val_x, ["embedding"])[0],
+            onnx_outputs(session, test_x, ["embedding"])[0],
+            quantile=cfg.ood_quantile,
+        )
         (out / "calibration.json").write_text(json.dumps(calibration) + "\n")
     (out / "labels.json").write_text(json.dumps(classes) + "\n")
     (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")

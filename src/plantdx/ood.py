@@ -43,6 +43,23 @@ def fit_ood(
     return ood
 
 
+def fit_detector(
+    train_embeddings: np.ndarray,
+    train_labels: np.ndarray,
+    val_embeddings: np.ndarray,
+    test_embeddings: np.ndarray | None = None,
+    *,
+    quantile: float = 0.975,
+) -> dict[str, Any]:
+    """``fit_ood`` as stored in ``calibration.json``: rounded, with what it was fitted on and, given test
+    embeddings, the share of test leaves it would turn away."""
+    ood = round_floats(fit_ood(train_embeddings, train_labels, val_embeddings, quantile=quantile))
+    ood["fitted_on"] = {"train": len(train_embeddings), "val": len(val_embeddings)}
+    if test_embeddings is not None:
+        ood["test_flagged_rate"] = float((ood_scores(test_embeddings, ood) > ood["threshold"]).mean())
+    return ood
+
+
 def ood_scores(embeddings: np.ndarray, ood: dict[str, Any]) -> np.ndarray:
     """Squared Mahalanobis distance to the nearest class mean, one per row."""
     z = np.asarray(embeddings, dtype=np.float64) - np.asarray(ood["mean"])

@@ -7,6 +7,7 @@ made the same way as the reference's.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import numpy as np
 from PIL import Image
 
 from plantdx.bundle import load_bundle, write_card
+from plantdx.config import MonitorConfig
 from plantdx.inference import Prediction, Predictor, softmax
+from plantdx.monitor.log import PredictionRecord
 from plantdx.monitor.profile import features_from_input, project_embeddings, reference_profile
-from plantdx.ood import fit_ood, ood_scores, round_floats
+from plantdx.ood import fit_detector
 
 
 def score_inputs(predictor: Predictor, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
@@ -50,6 +53,42 @@ def monitor_row(prediction: Prediction, x: np.ndarray, predictor: Predictor) -> 
     return row
 
 
+def sampled_record(
+    cfg: MonitorConfig,
+    rng: random.Random,
+    request_id: str,
+    model_version: str,
+    prediction: Prediction,
+    x: np.ndarray,
+    predictor: Predictor,
+    data: bytes,
+    content_type: str | None,
+) -> PredictionRecord | None:
+    """The log record of one served prediction, or None when sampling leaves it out; its features are computed
+    later, by the log writer's thread (``prepare``), so the request path only builds this object."""
+    if cfg.sample_rate < 1 and rng.random() >= cfg.sample_rate:
+        return None
+    keep_image = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or rng.random() < cfg.image_sample_rate)
+    return PredictionRecord(
+        request_id=request_id,
+        model_version=model_version,
+        predicted=prediction.label,
+        confidence=prediction.confidence,
+        abstained=prediction.abstained,
+        image=data if keep_image else None,
+        content_type=content_type,
+        prepare=lambda: monitor_row(prediction, x, predictor),
+    )
+
+
+def _resign(bundle_dir: Path) -> None:
+    """Re-hash the bundle's files into its card after one was rewritten, and verify it as serving will."""
+    card = json.loads((bundle_dir / "card.json").read_text())
+    card.pop("files", None)
+    write_card(bundle_dir, card)
+    load_bundle(bundle_dir)
+
+
 def embed_paths(predictor: Predictor, paths: Sequence[Path], chunk: int = 256) -> np.ndarray:
     """Embeddings of image files, a chunk at a time so a big split never sits in memory as float tensors."""
     out = []
@@ -74,19 +113,17 @@ def fit_bundle_ood(
     if not predictor.has_embedding:
         raise ValueError(f"{bundle_dir}: the model has no embedding output")
     index = {c: i for i, c in enumerate(predictor.labels)}
-    train_emb = embed_paths(predictor, [p for p, _ in train])
-    ood = fit_ood(train_emb, np.array([index[c] for _, c in train]), embed_paths(predictor, val), quantile=quantile)
-    ood = round_floats(ood)
-    ood["fitted_on"] = {"train": len(train), "val": len(val)}
-    if test:
-        ood["test_flagged_rate"] = float((ood_scores(embed_paths(predictor, test), ood) > ood["threshold"]).mean())
+    ood = fit_detector(
+        embed_paths(predictor, [p for p, _ in train]),
+        np.array([index[c] for _, c in train]),
+        embed_paths(predictor, val),
+        embed_paths(predictor, test) if test else None,
+        quantile=quantile,
+    )
     calibration = json.loads((bundle_dir / "calibration.json").read_text())
     calibration["ood"] = ood
     (bundle_dir / "calibration.json").write_text(json.dumps(calibration) + "\n")
-    card = json.loads((bundle_dir / "card.json").read_text())
-    card.pop("files", None)
-    write_card(bundle_dir, card)
-    load_bundle(bundle_dir)
+    _resign(bundle_dir)
     return ood
 
 
@@ -104,8 +141,5 @@ def rebuild_reference(bundle_dir: Path, images: Sequence[Path], *, data_hash: st
         source=source,
     )
     (bundle_dir / "reference.json").write_text(json.dumps(profile) + "\n")
-    card = json.loads((bundle_dir / "card.json").read_text())
-    card.pop("files", None)
-    write_card(bundle_dir, card)
-    load_bundle(bundle_dir)
+    _resign(bundle_dir)
     return profile

@@ -17,8 +17,8 @@ import numpy as np
 
 from plantdx.config import Settings
 from plantdx.inference import Prediction, Predictor
-from plantdx.monitor.log import LabelResult, LogWriter, PredictionLog, PredictionRecord
-from plantdx.monitor.reference import monitor_row
+from plantdx.monitor.log import LabelResult, LogWriter, PredictionLog
+from plantdx.monitor.reference import sampled_record
 from plantdx.serve.metrics import Metrics
 
 log = logging.getLogger("plantdx.monitor")
@@ -74,20 +74,11 @@ class Monitoring:
         data: bytes,
         content_type: str | None,
     ) -> None:
-        if self.cfg.sample_rate < 1 and self._random.random() >= self.cfg.sample_rate:
-            return
-        keep_image = self.cfg.image_sample_rate >= 1 or self._random.random() < self.cfg.image_sample_rate
-        record = PredictionRecord(
-            request_id=request_id,
-            model_version=model_version,
-            predicted=prediction.label,
-            confidence=prediction.confidence,
-            abstained=prediction.abstained,
-            image=data if keep_image and self.cfg.image_store_mb > 0 else None,
-            content_type=content_type,
-            prepare=lambda: monitor_row(prediction, x, predictor),  # features computed by the writer thread
+        record = sampled_record(
+            self.cfg, self._random, request_id, model_version, prediction, x, predictor, data, content_type
         )
-        self.writer.submit(record)
+        if record is not None:
+            self.writer.submit(record)
 
     # -- feedback --------------------------------------------------------------------------------------------------
 

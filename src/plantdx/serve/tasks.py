@@ -25,6 +25,9 @@ _KEY = "plantdx:job:{}"
 _worker_state: dict[str, Any] = {}
 
 
+_RNG = random.Random()
+
+
 def create_celery(settings: Settings) -> Celery:
     cfg = settings.serve
     if not cfg.redis_url:
@@ -100,27 +103,18 @@ def _log_prediction(
 ) -> None:
     """Jobs done by workers go to the same prediction log as the API's (point both at one PostgreSQL)."""
     cfg = settings.monitor
-    if cfg.log_url is None or (cfg.sample_rate < 1 and random.random() >= cfg.sample_rate):
+    if cfg.log_url is None:
         return
-    from plantdx.monitor.log import LogWriter, PredictionLog, PredictionRecord
-    from plantdx.monitor.reference import monitor_row
+    from plantdx.monitor.log import LogWriter, PredictionLog
+    from plantdx.monitor.reference import sampled_record
 
     if "log" not in _worker_state:  # per worker process: connections and threads do not survive fork()
         store = PredictionLog(cfg.log_url, image_store_bytes=int(cfg.image_store_mb * 2**20))
         _worker_state["log"] = LogWriter(store, max_queued=cfg.log_queue_size)
-    keep = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or random.random() < cfg.image_sample_rate)
-    _worker_state["log"].submit(
-        PredictionRecord(
-            request_id=request_id,
-            model_version=version,
-            predicted=prediction.label,
-            confidence=prediction.confidence,
-            abstained=prediction.abstained,
-            image=base64.b64decode(image_b64) if keep else None,
-            content_type=content_type,
-            prepare=lambda: monitor_row(prediction, x, predictor),
-        )
-    )
+    data = base64.b64decode(image_b64)
+    record = sampled_record(cfg, _RNG, request_id, version, prediction, x, predictor, data, content_type)
+    if record is not None:
+        _worker_state["log"].submit(record)
 
 
 def run_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
