@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
 from conftest import SMOKE
 from plantdx.config import Settings, load_settings
+from plantdx.errors import PlantdxError
 from plantdx.evaluate import evaluate
 from plantdx.train import train
 
@@ -139,3 +143,54 @@ def test_warm_start_from_a_previous_run(smoke_settings: Settings, tmp_path: Path
     assert result.test is not None and result.run_id != first.run_id
     params = MlflowClient(warm.tracking.uri).get_run(result.run_id).data.params
     assert params["model.pretrained"] == "True"
+
+
+class _Interrupt(Callback):
+    """Stands in for a killed process: fails as the third epoch starts, after two epochs were checkpointed."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: ARG002
+        if trainer.current_epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def test_an_interrupted_run_resumes_into_the_same_folder_and_mlflow_run(
+    smoke_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plantdx.train as training
+
+    settings = smoke_settings.model_copy(
+        update={"train": smoke_settings.train.model_copy(update={"max_epochs": 4, "output_dir": tmp_path / "runs"})}
+    )
+    real_callbacks = training._callbacks
+
+    def with_interrupt(s: Settings, ckpt_dir: Path) -> tuple[Any, list[Callback]]:
+        checkpoint, callbacks = real_callbacks(s, ckpt_dir)
+        return checkpoint, [*callbacks, _Interrupt()]
+
+    monkeypatch.setattr(training, "_callbacks", with_interrupt)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(settings)
+    monkeypatch.setattr(training, "_callbacks", real_callbacks)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run_dir / training.RUN_FILE).read_text())
+    assert record["trained_s"] > 0
+
+    with pytest.raises(PlantdxError, match=r"different settings \(train.max_epochs: 4 -> 6"):
+        train(settings.model_copy(update={"train": settings.train.model_copy(update={"max_epochs": 6})}), run_dir)
+    with pytest.raises(PlantdxError, match="nothing to resume"):
+        train(settings, resume=run_dir / "checkpoints" / "missing.ckpt")
+
+    monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
+    result = train(settings, resume=run_dir)
+    assert result.run_dir == run_dir
+    assert result.run_id == record["run_id"]
+    assert result.test is not None
+    assert result.wall_time_s > record["trained_s"]
+    client = MlflowClient(settings.tracking.uri)
+    steps = [m.step for m in client.get_metric_history(result.run_id, "val/loss")]
+    # Epochs 0-1 before the interruption, 2-3 after it (two batches an epoch). Lightning validates the checkpointed
+    # epoch once more on resume, so step 3 shows twice; a run that started over would repeat step 1 as well.
+    assert sorted(set(steps)) == [1, 3, 5, 7], steps
+    assert steps.count(1) == 1, steps
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(result.run_id).info.experiment_id])) == 1

@@ -177,12 +177,16 @@ def train(
     result_json: Annotated[
         Path | None, typer.Option(help="Also write the run id, checkpoint and test scores here (for scripts).")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue an interrupted run: its folder under runs/ or a checkpoint in it; same config."),
+    ] = None,
 ) -> None:
     """Train a model (Lightning), track it in MLflow and score it on the test split."""
     from plantdx.train import train as run_training
 
     settings = _settings(config, set_)
-    result = run_training(settings)
+    result = run_training(settings, resume=resume)
     if result.test is None:  # a non-zero DDP rank: rank 0 reports
         return
     if result_json is not None:
@@ -197,6 +201,7 @@ def train(
                     "test_f1_macro": result.test.f1_macro,
                     "seed": settings.train.seed,
                     "command": _command("train", config, set_),
+                    **({"resumed_from": str(resume)} if resume is not None else {}),
                 },
                 indent=2,
             )

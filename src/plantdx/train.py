@@ -35,6 +35,11 @@ from plantdx.model import BackboneFreeze, PlantClassifier
 
 MONITOR = "val/f1_macro"
 _STAMP_ENV = "PLANTDX_RUN_STAMP"  # shared by the processes of one DDP run so they agree on the run folder
+RUN_FILE = "run.json"  # in the run folder: the MLflow run id, the settings and the time trained, for --resume
+# Settings that may differ on resume: they change how fast a run goes, not what it learns.
+_RESUME_FREE = frozenset(
+    {"train.progress_bar", "train.threads", "train.log_every_n_steps", "dataset.num_workers", "dataset.cache_images"}
+)
 
 
 @dataclass
@@ -89,7 +94,7 @@ def local_artifact_uri(tracking: TrackingConfig) -> str | None:
     return Path(tracking.artifact_location).resolve().as_uri()
 
 
-def create_logger(settings: Settings, run_name: str) -> MLFlowLogger:
+def create_logger(settings: Settings, run_name: str, run_id: str | None = None) -> MLFlowLogger:
     tracking = settings.tracking
     return MLFlowLogger(
         experiment_name=tracking.experiment,
@@ -97,7 +102,64 @@ def create_logger(settings: Settings, run_name: str) -> MLFlowLogger:
         tracking_uri=tracking.uri,
         artifact_location=local_artifact_uri(tracking),
         log_model=False,
+        run_id=run_id,
     )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    run_dir: Path
+    checkpoint: Path
+    run_id: str
+    trained_s: float
+
+
+def _learning_settings(settings: Settings) -> dict[str, Any]:
+    flat = settings.flat()
+    return {
+        k: str(v) for k, v in flat.items() if k.startswith(("dataset.", "model.", "train.")) and k not in _RESUME_FREE
+    }
+
+
+def resume_point(path: Path, settings: Settings) -> ResumePoint:
+    """Where an interrupted run stopped: its folder (``last.ckpt``) or one checkpoint in it.
+
+    Refuses when the settings that shape learning differ from the interrupted run's: a one-cycle schedule resumed
+    with another ``max_epochs``, or another image size, would silently train something else.
+    """
+    checkpoint = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise PlantdxError(f"nothing to resume: {checkpoint} does not exist")
+    run_dir = checkpoint.resolve().parent.parent
+    info_path = run_dir / RUN_FILE
+    if not info_path.is_file():
+        raise PlantdxError(f"{run_dir} has no {RUN_FILE}, so it was not started by this version of plantdx train")
+    info = json.loads(info_path.read_text())
+    then, now = info.get("settings", {}), _learning_settings(settings)
+    changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in changed[:6])
+        raise PlantdxError(f"cannot resume {run_dir.name} with different settings ({diffs}); use the run's config")
+    return ResumePoint(run_dir, checkpoint, str(info["run_id"]), float(info.get("trained_s", 0.0)))
+
+
+class RunRecord(Callback):
+    """Keeps ``run.json`` current after every epoch, so a resumed run knows how long the earlier part took."""
+
+    def __init__(self, path: Path, record: dict[str, Any], trained_before_s: float) -> None:
+        self.path, self.record, self.before = path, record, trained_before_s
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({**self.record, "trained_s": round(self.elapsed(), 1)}, indent=2))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: ARG002
+        if trainer.is_global_zero:
+            self.write()
 
 
 def _callbacks(settings: Settings, ckpt_dir: Path) -> tuple[ModelCheckpoint, list[Callback]]:
@@ -184,21 +246,31 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
     return TrainedModel(module.eval(), manifest, checkpoint, run_id)
 
 
-def train(settings: Settings) -> TrainResult:
-    """Split (or read the manifest), fit, keep the best checkpoint by val macro-F1, score it on the test split."""
+def train(settings: Settings, resume: Path | None = None) -> TrainResult:
+    """Split (or read the manifest), fit, keep the best checkpoint by val macro-F1, score it on the test split.
+
+    ``resume``: a run folder (or a checkpoint in one) of an interrupted run; training goes on from its
+    ``last.ckpt`` with the optimiser, schedule and callbacks as they were, into the same folder and MLflow run.
+    """
     cfg = settings.train
     started = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
 
-    if "LOCAL_RANK" in os.environ and _STAMP_ENV in os.environ:  # a DDP child: use the launcher's run folder
-        stamp = os.environ[_STAMP_ENV]
+    point = resume_point(resume, settings) if resume is not None else None
+    if point is not None:
+        run_dir = point.run_dir
+        run_name = run_dir.name
+        os.environ[_STAMP_ENV] = run_name.removeprefix(f"{settings.model.name}-")
     else:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-        os.environ[_STAMP_ENV] = stamp  # inherited by the DDP processes Lightning launches
-    run_name = f"{settings.model.name}-{stamp}"
-    run_dir = (cfg.output_dir / run_name).resolve()
+        if "LOCAL_RANK" in os.environ and _STAMP_ENV in os.environ:  # a DDP child: use the launcher's run folder
+            stamp = os.environ[_STAMP_ENV]
+        else:
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+            os.environ[_STAMP_ENV] = stamp  # inherited by the DDP processes Lightning launches
+        run_name = f"{settings.model.name}-{stamp}"
+        run_dir = (cfg.output_dir / run_name).resolve()
 
     manifest = manifest_for(settings.dataset)
     datamodule = PlantDataModule(settings.dataset, manifest)
@@ -220,8 +292,14 @@ def train(settings: Settings) -> TrainResult:
         data_hash=manifest.digest,
     )
 
-    logger = create_logger(settings, run_name)
+    logger = create_logger(settings, run_name, run_id=point.run_id if point else None)
     checkpoint, callbacks = _callbacks(settings, run_dir / "checkpoints")
+    record = RunRecord(
+        run_dir / RUN_FILE,
+        {"run_id": logger.run_id, "run_name": run_name, "settings": _learning_settings(settings)},
+        point.trained_s if point else 0.0,
+    )
+    callbacks.append(record)
     accelerator_is_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
@@ -241,19 +319,13 @@ def train(settings: Settings) -> TrainResult:
         enable_model_summary=cfg.progress_bar,
     )
     n_params = sum(p.numel() for p in module.model.parameters())
-    logger.log_hyperparams(
-        {
-            **settings.flat(),
-            "params.total": n_params,
-            "params.trainable": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
-            "data.manifest_sha256": manifest.digest,
-            "data.images": len(manifest.rows),
-            "data.train_images": len(manifest.split("train")),
-            "git.commit": git_commit(),
-            "precision.resolved": resolve_precision(cfg),
-        }
-    )
-    trainer.fit(module, datamodule=datamodule)
+    if point is not None:
+        _check_checkpoint(point.checkpoint, module)
+    else:
+        if trainer.is_global_zero:
+            record.write()
+        _log_hyperparams(logger, settings, manifest, n_params, module)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
 
     best = Path(checkpoint.best_model_path or checkpoint.last_model_path)
     # The best weights go back into the module that trained: rebuilding it would fetch pretrained weights again
@@ -269,7 +341,7 @@ def train(settings: Settings) -> TrainResult:
         logits, labels = predict_logits(best_module, datamodule.test_dataloader())
         report = compute_report(logits, labels, manifest.classes)
         _log_run_artifacts(settings, logger, run_dir, best, manifest, report, logits, labels)
-    wall = time.perf_counter() - started
+    wall = (point.trained_s if point else 0.0) + time.perf_counter() - started
     if trainer.is_global_zero and logger.run_id is not None:
         logger.experiment.log_metric(logger.run_id, "train/wall_time_s", wall)
     return TrainResult(
@@ -283,6 +355,31 @@ def train(settings: Settings) -> TrainResult:
         test=report,
         metrics=metrics,
     )
+
+
+def _log_hyperparams(
+    logger: MLFlowLogger, settings: Settings, manifest: Manifest, n_params: int, module: PlantClassifier
+) -> None:
+    logger.log_hyperparams(
+        {
+            **settings.flat(),
+            "params.total": n_params,
+            "params.trainable": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
+            "data.manifest_sha256": manifest.digest,
+            "data.images": len(manifest.rows),
+            "data.train_images": len(manifest.split("train")),
+            "git.commit": git_commit(),
+            "precision.resolved": resolve_precision(settings.train),
+        }
+    )
+
+
+def _check_checkpoint(checkpoint: Path, module: PlantClassifier) -> None:
+    """The checkpoint must hold this network on this data: resuming onto another one would fail deep in Lightning."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    for key in ("model_name", "image_size", "data_hash", "class_names"):
+        if key in saved and saved[key] != module.hparams.get(key):
+            raise PlantdxError(f"{checkpoint} was trained with another {key} ({saved[key]!r}), cannot resume it")
 
 
 def _log_run_artifacts(
