@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,10 @@ def test_an_interrupted_run_resumes_into_the_same_folder_and_mlflow_run(
         train(settings, resume=run_dir / "checkpoints" / "missing.ckpt")
 
     monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
-    result = train(settings, resume=run_dir)
+    moved = shutil.copytree(settings.dataset.root, tmp_path / "moved")  # same images elsewhere: same data hash
+    result = train(
+        settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"root": moved})}), resume=run_dir
+    )
     assert result.run_dir == run_dir
     assert result.run_id == record["run_id"]
     assert result.test is not None

@@ -36,9 +36,18 @@ from plantdx.model import BackboneFreeze, PlantClassifier
 MONITOR = "val/f1_macro"
 _STAMP_ENV = "PLANTDX_RUN_STAMP"  # shared by the processes of one DDP run so they agree on the run folder
 RUN_FILE = "run.json"  # in the run folder: the MLflow run id, the settings and the time trained, for --resume
-# Settings that may differ on resume: they change how fast a run goes, not what it learns.
+# Settings that may differ on resume: they change how fast a run goes, not what it learns; or, for the data's
+# location, are checked by content instead (the checkpoint's data hash must match the manifest's).
 _RESUME_FREE = frozenset(
-    {"train.progress_bar", "train.threads", "train.log_every_n_steps", "dataset.num_workers", "dataset.cache_images"}
+    {
+        "train.progress_bar",
+        "train.threads",
+        "train.log_every_n_steps",
+        "dataset.num_workers",
+        "dataset.cache_images",
+        "dataset.root",
+        "dataset.manifest",
+    }
 )
 
 
@@ -135,7 +144,8 @@ def resume_point(path: Path, settings: Settings) -> ResumePoint:
     if not info_path.is_file():
         raise PlantdxError(f"{run_dir} has no {RUN_FILE}, so it was not started by this version of plantdx train")
     info = json.loads(info_path.read_text())
-    then, now = info.get("settings", {}), _learning_settings(settings)
+    then = {k: v for k, v in info.get("settings", {}).items() if k not in _RESUME_FREE}
+    now = _learning_settings(settings)
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in changed[:6])
