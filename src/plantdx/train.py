@@ -174,11 +174,15 @@ class RunRecord(Callback):
 
 def _callbacks(settings: Settings, ckpt_dir: Path) -> tuple[ModelCheckpoint, list[Callback]]:
     cfg = settings.train
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, save_last=True
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+    # last.ckpt after every epoch, for --resume: ``save_last=True`` only copies when a new best is saved, which
+    # left a run killed at epoch 69 with a last.ckpt from epoch 41.
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     callbacks: list[Callback] = [
         checkpoint,
+        latest,
         EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
     ]
@@ -337,7 +341,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         _log_hyperparams(logger, settings, manifest, n_params, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
 
-    best = Path(checkpoint.best_model_path or checkpoint.last_model_path)
+    best = Path(checkpoint.best_model_path or run_dir / "checkpoints" / "last.ckpt")
     # The best weights go back into the module that trained: rebuilding it would fetch pretrained weights again
     # and log different hyper-parameters to the same MLflow run (which MLflow refuses).
     state = torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
