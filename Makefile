@@ -31,7 +31,7 @@ train: install ## train the default CPU recipe (configs/default.yaml) on the Pla
 smoke: install ## one short epoch on a slice of the real images (configs/smoke.yaml)
 	$(BIN)/plantdx train -c configs/smoke.yaml
 
-default-model: install ## retrain the bundled model from scratch (~1 h on 2 cores) and export it into the package
+default-model: install ## retrain the bundled model from scratch (~80 min on 2 cores) and export it into the package
 	$(BIN)/plantdx train -c configs/default_model.yaml --result-json runs/default-model.json
 	$(BIN)/plantdx export -c configs/default_model.yaml --train-result runs/default-model.json \
 		-o src/plantdx/default_bundle
