@@ -121,9 +121,10 @@ class ResumePoint:
     checkpoint: Path
     run_id: str
     trained_s: float
+    data_hash: str | None  # None in run.json files written before it was recorded
 
 
-def _learning_settings(settings: Settings) -> dict[str, Any]:
+def _learning_settings(settings: Settings) -> dict[str, str]:
     flat = settings.flat()
     return {
         k: str(v) for k, v in flat.items() if k.startswith(("dataset.", "model.", "train.")) and k not in _RESUME_FREE
@@ -150,15 +151,16 @@ def resume_point(path: Path, settings: Settings) -> ResumePoint:
     if changed:
         diffs = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in changed[:6])
         raise PlantdxError(f"cannot resume {run_dir.name} with different settings ({diffs}); use the run's config")
-    return ResumePoint(run_dir, checkpoint, str(info["run_id"]), float(info.get("trained_s", 0.0)))
+    return ResumePoint(
+        run_dir, checkpoint, str(info["run_id"]), float(info.get("trained_s", 0.0)), info.get("data_hash")
+    )
 
 
 class RunRecord(Callback):
     """Keeps ``run.json`` current after every epoch, so a resumed run knows how long the earlier part took."""
 
-    def __init__(self, path: Path, record: dict[str, Any], trained_before_s: float) -> None:
-        self.path, self.record, self.before = path, record, trained_before_s
-        self.started = time.perf_counter()
+    def __init__(self, path: Path, record: dict[str, Any], trained_before_s: float, started: float) -> None:
+        self.path, self.record, self.before, self.started = path, record, trained_before_s, started
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.started
@@ -274,19 +276,18 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
 
     point = resume_point(resume, settings) if resume is not None else None
     if point is not None:
-        run_dir = point.run_dir
-        run_name = run_dir.name
-        os.environ[_STAMP_ENV] = run_name.removeprefix(f"{settings.model.name}-")
+        stamp = point.run_dir.name.removeprefix(f"{settings.model.name}-")
+    elif "LOCAL_RANK" in os.environ and _STAMP_ENV in os.environ:  # a DDP child: use the launcher's run folder
+        stamp = os.environ[_STAMP_ENV]
     else:
-        if "LOCAL_RANK" in os.environ and _STAMP_ENV in os.environ:  # a DDP child: use the launcher's run folder
-            stamp = os.environ[_STAMP_ENV]
-        else:
-            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-            os.environ[_STAMP_ENV] = stamp  # inherited by the DDP processes Lightning launches
-        run_name = f"{settings.model.name}-{stamp}"
-        run_dir = (cfg.output_dir / run_name).resolve()
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    os.environ[_STAMP_ENV] = stamp  # inherited by the DDP processes Lightning launches
+    run_name = f"{settings.model.name}-{stamp}"
+    run_dir = point.run_dir if point is not None else (cfg.output_dir / run_name).resolve()
 
     manifest = manifest_for(settings.dataset)
+    if point is not None and point.data_hash not in (None, manifest.digest):
+        raise PlantdxError(f"cannot resume {run_name}: it was trained on other data (manifest {point.data_hash})")
     datamodule = PlantDataModule(settings.dataset, manifest)
     weights = datamodule.train_class_weights().tolist() if settings.dataset.balance == "class_weights" else None
     module = PlantClassifier(
@@ -310,8 +311,14 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
     checkpoint, callbacks = _callbacks(settings, run_dir / "checkpoints")
     record = RunRecord(
         run_dir / RUN_FILE,
-        {"run_id": logger.run_id, "run_name": run_name, "settings": _learning_settings(settings)},
+        {
+            "run_id": logger.run_id,
+            "run_name": run_name,
+            "data_hash": manifest.digest,
+            "settings": _learning_settings(settings),
+        },
         point.trained_s if point else 0.0,
+        started,
     )
     callbacks.append(record)
     accelerator_is_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
@@ -333,9 +340,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         enable_model_summary=cfg.progress_bar,
     )
     n_params = sum(p.numel() for p in module.model.parameters())
-    if point is not None:
-        _check_checkpoint(point.checkpoint, module)
-    else:
+    if point is None:
         if trainer.is_global_zero:
             record.write()
         _log_hyperparams(logger, settings, manifest, n_params, module)
@@ -355,7 +360,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         logits, labels = predict_logits(best_module, datamodule.test_dataloader())
         report = compute_report(logits, labels, manifest.classes)
         _log_run_artifacts(settings, logger, run_dir, best, manifest, report, logits, labels)
-    wall = (point.trained_s if point else 0.0) + time.perf_counter() - started
+    wall = record.elapsed()
     if trainer.is_global_zero and logger.run_id is not None:
         logger.experiment.log_metric(logger.run_id, "train/wall_time_s", wall)
     return TrainResult(
@@ -386,14 +391,6 @@ def _log_hyperparams(
             "precision.resolved": resolve_precision(settings.train),
         }
     )
-
-
-def _check_checkpoint(checkpoint: Path, module: PlantClassifier) -> None:
-    """The checkpoint must hold this network on this data: resuming onto another one would fail deep in Lightning."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    for key in ("model_name", "image_size", "data_hash", "class_names"):
-        if key in saved and saved[key] != module.hparams.get(key):
-            raise PlantdxError(f"{checkpoint} was trained with another {key} ({saved[key]!r}), cannot resume it")
 
 
 def _log_run_artifacts(
