@@ -300,7 +300,7 @@ def plan_epochs(budget_s: float, elapsed_s: float, last_epoch_s: float, max_epoc
     """How many epochs fit the budget, judged by the last probe epoch alone.
 
     The first epoch pays for CUDA start-up and cuDNN's autotuning: timing both probe epochs on an H100 predicted
-    8.6 s an epoch where 2.7 s followed, and a run sized by it used 80 s of a 251 s budget.
+    about 8.5 s an epoch where 2.7 s followed, and a run sized by it used 80 s of a 251 s budget.
     """
     fit = PROBE_EPOCHS + int(max(0.0, budget_s - elapsed_s) / max(last_epoch_s, 1e-6))
     return max(PROBE_EPOCHS + 4, min(max_epochs, fit))
