@@ -101,7 +101,7 @@ def test_flat_settings_are_mlflow_params() -> None:
 
 
 def test_every_shipped_config_loads() -> None:
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
     assert configs
     for path in configs:
         load_settings(path)
