@@ -1,17 +1,17 @@
 """Training with the whole dataset resident on the accelerator: for a GPU lease of minutes, not hours.
 
-``plantdx train`` feeds the GPU from CPU workers running albumentations, one image at a time; for a few thousand
-256 px leaves that leaves a GPU idle most of the time. Here every image is decoded once (with the same PIL resize
-as serving, ``plantdx.images``), kept on the device as uint8, and augmented there a batch at a time: one affine
-sample for crop, flips, rot90 and rotation, then per-image colour jitter, blur and noise, following the
-``standard`` recipe of ``plantdx.data.transforms`` (not its JPEG and shadow steps). Several candidates train at
-once, one process each, under a wall-clock budget, and a later phase can distil an ensemble of the earlier
-phases' models into a small student.
+``plantdx train`` needs MLflow, pydantic and albumentations and feeds the GPU from CPU workers one image at a
+time; the GPU machine lent here for minutes has PyTorch but none of those three. Here every image is decoded once
+(with the same PIL resize as serving, ``plantdx.images``), kept on the device as uint8, and augmented there a
+batch at a time: one affine sample for crop, flips, rot90 and rotation, then per-image colour jitter, blur and
+noise, following the ``standard`` recipe of ``plantdx.data.transforms`` (not its JPEG and shadow steps). Several
+candidates train at once, one process each, under a wall-clock budget, and a later phase can distil an ensemble
+of the earlier phases' models into a small student.
 
 Only torch, numpy and PIL are needed (``plantdx.model`` and ``plantdx.images``; no pydantic, albumentations or
 MLflow), so a bare GPU machine with PyTorch runs it: ``python -m plantdx.train_resident JOB.json``. It writes
 plain state dicts (``create_model`` loads them) and a ``resident.json`` record; it does not track in MLflow or
-make bundles: a model worth shipping is retrained with ``plantdx train`` or its weights passed on by hand.
+make bundles: a model worth shipping goes on as ``model.pretrained_path`` of a tracked ``plantdx train`` run.
 """
 
 from __future__ import annotations
