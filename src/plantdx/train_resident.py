@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plantdx.images import load_rgb, resize_shorter
+from plantdx.evaluate import compute_report, softmax
+from plantdx.images import center_crop, load_rgb, resize_shorter
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,8 @@ def decode_all(root: Path, rows: Sequence[Row], resize: int, workers: int) -> np
     shapes = {im.shape for im in images}
     if len(shapes) != 1:  # non-square photos: centre-crop to a square so they stack
         side = min(min(s[0], s[1]) for s in shapes)
-        images = [_center(im, side) for im in images]
+        images = [center_crop(im, side) for im in images]
     return np.stack(images)
-
-
-def _center(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top : top + side, left : left + side]
 
 
 # ---------------------------------------------------------------------------------------------------- augmentation
@@ -128,16 +123,12 @@ class AugmentParams:
     noise: torch.Tensor  # B x 1 x 1 x 1: std in 0-255 units, 0 where not applied
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
-
-
 def sample_augment(n: int, gen: torch.Generator, device: torch.device) -> AugmentParams:
     """Draws for ``RandomResizedCrop(scale 0.6-1, ratio 0.85-1.18)``, flips, rot90, ``Affine`` (p 0.3),
     ``ColorJitter`` (p 0.6), blur (p 0.15) and Gaussian noise (p 0.15), as in the ``standard`` recipe."""
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return _uniform(n, lo, hi, gen, device)
+        return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, generator=gen, device=device) < p
@@ -259,14 +250,12 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, labels.numel() / (num_classes * counts.clamp(min=1)), 0.0)
 
 
-def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    scores = []
-    for c in range(num_classes):
-        tp = float(np.sum((pred == c) & (labels == c)))
-        fp = float(np.sum((pred == c) & (labels != c)))
-        fn = float(np.sum((pred != c) & (labels == c)))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
+def val_scores(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 as ``plantdx train`` reports them (``compute_report``); NaN with no val images."""
+    if labels.size == 0:
+        return {"val_acc": math.nan, "val_f1_macro": math.nan}
+    report = compute_report(logits, labels, classes)
+    return {"val_acc": report.accuracy, "val_f1_macro": report.f1_macro}
 
 
 def build(c: Candidate, num_classes: int) -> nn.Module:
@@ -310,7 +299,7 @@ def train_candidate(
     c: Candidate,
     stores: dict[int, torch.Tensor],
     labels: torch.Tensor,
-    val: dict[int, torch.Tensor],
+    val_images: torch.Tensor,
     val_labels: torch.Tensor,
     teachers: Sequence[tuple[Candidate, nn.Module]],
     budget_s: float,
@@ -375,7 +364,7 @@ def train_candidate(
             loss_sum += loss.detach()
         epoch += 1
         if epoch % 25 == 0 or epoch == epochs:
-            pred = predict(model, val[c.image_size], c.image_size).argmax(1)
+            pred = predict(model, val_images, c.image_size).argmax(1)
             acc = float((pred == val_labels).float().mean())
             history.append(
                 {
@@ -464,18 +453,22 @@ def run_candidate(job: Job, phase: int, name: str) -> None:
     resizes = {c.resize} | {tc.resize for tc, _ in teachers}
     stores, labels = _load_split(work, "train", resizes, device)
     val_stores, val_labels = _load_split(work, "val", {c.resize}, device)
-    val = {c.image_size: val_stores[c.resize]}
     model, record = train_candidate(
-        c, stores, labels, val, val_labels, teachers, float(job.phases[phase]["budget_s"]), len(job.classes)
+        c,
+        stores,
+        labels,
+        val_stores[c.resize],
+        val_labels,
+        teachers,
+        float(job.phases[phase]["budget_s"]),
+        len(job.classes),
     )
-    logits = predict(model, val[c.image_size], c.image_size)
+    logits = predict(model, val_stores[c.resize], c.image_size)
     np.save(work / f"{name}_val_logits.npy", logits.cpu().numpy())
     torch.save({k: v.float().cpu() for k, v in model.state_dict().items()}, out / f"{name}.pt")
-    pred, y = logits.argmax(1).cpu().numpy(), val_labels.cpu().numpy()
     record.update(
         candidate=asdict(c),
-        val_acc=float((pred == y).mean()),
-        val_f1_macro=macro_f1(pred, y, len(job.classes)),
+        **val_scores(logits.cpu().numpy(), val_labels.cpu().numpy(), job.classes),
         params=sum(p.numel() for p in model.parameters()),
         device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         torch=torch.__version__,
@@ -514,13 +507,8 @@ def run_job(job: Job, job_path: Path) -> dict[str, Any]:
         done.update(results)
         names = list(results)
         if len(names) > 1:
-            probs = np.mean([_softmax(np.load(work / f"{n}_val_logits.npy")) for n in names], axis=0)
-            pred = probs.argmax(1)
-            ens = {
-                "members": names,
-                "val_acc": float((pred == val_labels).mean()),
-                "val_f1_macro": macro_f1(pred, val_labels, len(job.classes)),
-            }
+            probs = np.mean([softmax(np.load(work / f"{n}_val_logits.npy")) for n in names], axis=0)
+            ens = {"members": names, **val_scores(np.log(probs + 1e-12), val_labels, job.classes)}
         else:
             ens = None
         summary["phases"].append(
@@ -535,12 +523,6 @@ def run_job(job: Job, job_path: Path) -> dict[str, Any]:
             log.info(f"phase {i} ensemble: val acc {ens['val_acc']:.4f} macro-F1 {ens['val_f1_macro']:.4f}")
     (Path(job.out) / "resident.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    probs: np.ndarray = e / e.sum(1, keepdims=True)
-    return probs
 
 
 def main(argv: Sequence[str]) -> int:
