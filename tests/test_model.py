@@ -14,6 +14,7 @@ from plantdx.model import (
     BackboneFreeze,
     PlantClassifier,
     backbone_modules,
+    batch_mixing,
     create_model,
     head_module,
     warmup_cosine,
@@ -163,6 +164,47 @@ def test_class_weights_and_label_smoothing_reach_the_loss() -> None:
     module = _module(class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
     assert torch.equal(module.criterion.weight, torch.tensor([1.0, 2.0, 3.0]))
     assert module.criterion.label_smoothing == 0.1
+
+
+def test_batch_mixing_is_off_by_default_and_gives_soft_targets_when_on() -> None:
+    assert batch_mixing(3, mixup_alpha=0.0, cutmix_alpha=0.0, p=1.0) is None
+    assert _module().mix is None
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for kind in ("cutmix", "mixup"):
+        mix = batch_mixing(
+            3, mixup_alpha=0.4 if kind == "mixup" else 0, cutmix_alpha=1.0 if kind == "cutmix" else 0, p=1
+        )
+        assert mix is not None
+        mixed, target = mix(x, y)
+        assert mixed.shape == x.shape and not torch.equal(mixed, x)
+        assert target.shape == (8, 3)
+        assert torch.allclose(target.sum(dim=1), torch.ones(8))
+        assert torch.all(target >= 0)
+    half = batch_mixing(3, mixup_alpha=0.2, cutmix_alpha=1.0, p=0.5)
+    assert half is not None
+    kinds = [half(x, y)[1].ndim for _ in range(40)]
+    assert 1 in kinds and 2 in kinds  # some batches pass untouched (hard labels), some are mixed
+
+
+def test_a_mixed_batch_trains_through_class_weights_and_label_smoothing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _module(class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0)
+    assert module.mix is not None
+    before = module.model.classifier[-1].weight.detach().clone()
+    loader = torch.utils.data.DataLoader(_Random(), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert 0.0 <= float(trainer.callback_metrics["train/acc"]) <= 1.0
+    assert not torch.equal(module.model.classifier[-1].weight.detach(), before)
 
 
 def test_warmup_cosine_schedule_shape() -> None:

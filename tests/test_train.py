@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
@@ -16,7 +17,7 @@ from conftest import SMOKE
 from plantdx.config import Settings, load_settings
 from plantdx.errors import PlantdxError
 from plantdx.evaluate import evaluate
-from plantdx.train import train
+from plantdx.train import load_trained, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
 
@@ -146,6 +147,26 @@ def test_warm_start_from_a_previous_run(smoke_settings: Settings, tmp_path: Path
     assert params["model.pretrained"] == "True"
 
 
+def test_with_ema_the_best_checkpoint_holds_the_averaged_weights(smoke_settings: Settings, tmp_path: Path) -> None:
+    """``train.ema_decay``: validation, best.ckpt and so ``load_trained`` (export's source) see the average."""
+    settings = smoke_settings.model_copy(
+        update={
+            "train": smoke_settings.train.model_copy(
+                update={"max_epochs": 2, "ema_decay": 0.5, "output_dir": tmp_path / "ema"}
+            )
+        }
+    )
+    result = train(settings)
+    last = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert {"current_model_state", "averaging_state"} <= last.keys()
+    averaged, current = last["state_dict"], last["current_model_state"]
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point())
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    loaded = load_trained(settings, checkpoint=result.best_checkpoint).module.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in best["state_dict"].items())
+    assert "averaging_state" in best  # the checkpoint's weights are the EMA, not the raw ones
+
+
 class _Interrupt(Callback):
     """Stands in for a killed process: fails as the third epoch starts, after two epochs were checkpointed."""
 
@@ -180,6 +201,11 @@ def test_an_interrupted_run_resumes_into_the_same_folder_and_mlflow_run(
         train(settings.model_copy(update={"train": settings.train.model_copy(update={"max_epochs": 6})}), run_dir)
     with pytest.raises(PlantdxError, match="nothing to resume"):
         train(settings, resume=run_dir / "checkpoints" / "missing.ckpt")
+    # A run recorded before a setting existed resumes while it holds its default, and is refused otherwise.
+    record["settings"] = {k: v for k, v in record["settings"].items() if k != "train.ema_decay"}
+    (run_dir / training.RUN_FILE).write_text(json.dumps(record))
+    with pytest.raises(PlantdxError, match=r"train.ema_decay: None -> 0.9"):
+        train(settings.model_copy(update={"train": settings.train.model_copy(update={"ema_decay": 0.9})}), run_dir)
 
     monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
     moved = shutil.copytree(settings.dataset.root, tmp_path / "moved")  # same images elsewhere: same data hash

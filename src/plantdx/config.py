@@ -89,6 +89,14 @@ class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp on training batches, Beta(alpha, alpha); 0: off")
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="CutMix on training batches; with MixUp, one of the two per batch"
+    )
+    mix_prob: float = Field(1.0, ge=0, le=1, description="share of training batches that MixUp/CutMix touch")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="validate, checkpoint and export an exponential moving average of the weights"
+    )
     scheduler: Literal["cosine", "onecycle", "none"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     precision: str = "auto"

@@ -294,6 +294,25 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
     return factor
 
 
+def batch_mixing(num_classes: int, *, mixup_alpha: float, cutmix_alpha: float, p: float) -> nn.Module | None:
+    """MixUp and/or CutMix on a training batch (torchvision's), or None when both are off.
+
+    They act on whole batches, after the per-image augmentation, so they live in the training step, not the
+    dataset. With both on, each mixed batch gets one of the two, as timm does.
+    """
+    from torchvision.transforms import v2
+
+    mixers: list[nn.Module] = []
+    if cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if not mixers or p <= 0:
+        return None
+    mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+    return v2.RandomApply([mixer], p=p) if p < 1 else mixer
+
+
 class PlantClassifier(L.LightningModule):
     """Loss, optimiser, schedule and one set of torchmetrics per stage around a plain ``nn.Module``."""
 
@@ -310,6 +329,9 @@ class PlantClassifier(L.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 0.05,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
         scheduler: str = "onecycle",
         warmup_epochs: float = 1.0,
         class_weights: Sequence[float] | None = None,
@@ -330,6 +352,7 @@ class PlantClassifier(L.LightningModule):
         )
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.mix = batch_mixing(num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, p=mix_prob)
         self.train_metrics = _stage_metrics(num_classes, per_class=False).clone(prefix="train/")
         self.val_metrics = _stage_metrics(num_classes, per_class=True).clone(prefix="val/")
         self.test_metrics = _stage_metrics(num_classes, per_class=True).clone(prefix="test/")
@@ -341,8 +364,13 @@ class PlantClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        target: torch.Tensor = y
+        if self.mix is not None:
+            x, target = self.mix(x, y)
+            if target.ndim == 2:  # mixed: soft targets; the metrics score against the larger share
+                y = target.argmax(dim=1)
         logits = self(x)
-        loss: torch.Tensor = self.criterion(logits, y)
+        loss: torch.Tensor = self.criterion(logits, target)
         self.train_metrics.update(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss

@@ -19,6 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
@@ -145,8 +146,11 @@ def resume_point(path: Path, settings: Settings) -> ResumePoint:
     if not info_path.is_file():
         raise PlantdxError(f"{run_dir} has no {RUN_FILE}, so it was not started by this version of plantdx train")
     info = json.loads(info_path.read_text())
-    then = {k: v for k, v in info.get("settings", {}).items() if k not in _RESUME_FREE}
     now = _learning_settings(settings)
+    # A setting added to plantdx after the run started (train.ema_decay, ...) did what its default does now.
+    defaults = _learning_settings(Settings())
+    then = {k: defaults[k] for k in now.keys() - info.get("settings", {}).keys() if k in defaults}
+    then |= {k: v for k, v in info.get("settings", {}).items() if k not in _RESUME_FREE}
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in changed[:6])
@@ -188,6 +192,9 @@ def _callbacks(settings: Settings, ckpt_dir: Path) -> tuple[ModelCheckpoint, lis
         EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience),
         LearningRateMonitor(logging_interval="epoch"),
     ]
+    if cfg.ema_decay is not None:
+        # Validation, and so best.ckpt and the exported model, see the averaged weights; last.ckpt keeps both.
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
     if settings.model.freeze_backbone_epochs > 0:
@@ -301,6 +308,9 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        mix_prob=cfg.mix_prob,
         scheduler=cfg.scheduler,
         warmup_epochs=cfg.warmup_epochs,
         class_weights=weights,
