@@ -148,9 +148,8 @@ def resume_point(path: Path, settings: Settings) -> ResumePoint:
     info = json.loads(info_path.read_text())
     now = _learning_settings(settings)
     # A setting added to plantdx after the run started (train.ema_decay, ...) did what its default does now.
-    defaults = _learning_settings(Settings())
-    then = {k: defaults[k] for k in now.keys() - info.get("settings", {}).keys() if k in defaults}
-    then |= {k: v for k, v in info.get("settings", {}).items() if k not in _RESUME_FREE}
+    recorded = _learning_settings(Settings()) | info.get("settings", {})
+    then = {k: v for k, v in recorded.items() if k not in _RESUME_FREE}
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in changed[:6])
