@@ -19,10 +19,12 @@ from plantdx.train_resident import (
     PROBE_EPOCHS,
     STD,
     AugmentParams,
+    Candidate,
     Job,
     _rotation,
     _similarity_inverse,
     apply_augment,
+    build,
     class_weights,
     colour_jitter,
     decode_all,
@@ -192,3 +194,23 @@ def test_a_failed_candidate_is_reported_and_fails_the_job(tiny_dataset: Path, tm
     assert main([str(job_path)]) == 1
     summary = json.loads((tmp_path / "out" / "resident.json").read_text())
     assert summary["failed"] == ["bad"] and summary["phases"][0]["results"] == {}
+
+
+RECORDED_JOBS = sorted((Path(__file__).parents[1] / "configs" / "resident").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDED_JOBS, ids=lambda p: p.name)
+def test_recorded_jobs_still_load(path: Path) -> None:
+    """The jobs that ran on leases are the record behind the README's table: each must still parse and build."""
+    job = Job.load(path)
+    assert job.classes == sorted(job.classes) and len(set(job.classes)) == len(job.classes)
+    names: list[str] = []
+    for phase in job.phases:
+        assert phase["budget_s"] > 0
+        for spec in phase["candidates"]:
+            candidate = Candidate(**spec)
+            names.append(candidate.name)
+            net = build(candidate, len(job.classes))
+            logits = net.eval()(torch.zeros(1, 3, 32, 32))
+            assert logits.shape == (1, len(job.classes))
+    assert len(set(names)) == len(names)
