@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import make_leaf
 from plantdx.bundle import load_bundle
 from plantdx.cli import app
 from plantdx.config import DatasetConfig
 from plantdx.data.split import manifest_for
-from plantdx.images import load_rgb
+from plantdx.errors import PlantdxError
+from plantdx.images import load_rgb, model_view
 from plantdx.inference import Predictor, default_bundle_path
 
 BUNDLE = default_bundle_path()
@@ -59,11 +63,14 @@ def test_cli_predict_names_real_leaves(real_data: Path) -> None:
 
 
 def test_cli_predict_refuses_a_missing_or_broken_file(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["predict", str(tmp_path / "none.jpg")])
-    assert result.exit_code != 0
-    (tmp_path / "bad.jpg").write_text("not an image")
-    result = CliRunner().invoke(app, ["predict", str(tmp_path / "bad.jpg")])
-    assert result.exit_code != 0
+    missing, bad = tmp_path / "none.jpg", tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    result = CliRunner().invoke(app, ["predict", str(missing)])
+    assert isinstance(result.exception, PlantdxError) and result.exit_code != 0
+    assert str(result.exception) == f"image not found: {missing}"
+    result = CliRunner().invoke(app, ["predict", str(bad)])
+    assert isinstance(result.exception, PlantdxError) and result.exit_code != 0
+    assert str(result.exception).startswith(f"cannot read {bad} as an image")
 
 
 @pytest.mark.realdata
@@ -102,3 +109,31 @@ def test_training_and_serving_preprocessing_agree_on_real_images(real_data: Path
         torch_logits = scripted(torch.from_numpy(serving)).numpy()
     assert (torch_logits.argmax(1) == onnx_logits.argmax(1)).all()
     assert np.abs(torch_logits - onnx_logits).max() < 1e-3
+
+
+@pytest.mark.realdata
+def test_heat_maps_of_real_leaves_point_somewhere(real_data: Path) -> None:
+    """The map is the predicted class's, and on a real leaf it picks out a region rather than covering the crop."""
+    predictor = Predictor(default_bundle_path())
+    rows = manifest_for(DatasetConfig(root=real_data)).split("test")
+    for label in sorted({r.label for r in rows}):
+        photo = real_data / next(r for r in rows if r.label == label).path
+        prediction, png = predictor.explain(photo)
+        assert prediction.label == predictor.predict_one(photo).label
+        alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+        assert alpha.shape == (predictor.input_size, predictor.input_size)
+        assert alpha.max() == 200 and alpha.min() < 100, (label, alpha.min())
+
+
+def test_cli_explain_lays_the_map_over_the_model_view(tmp_path: Path) -> None:
+    photo = tmp_path / "leaf.png"
+    make_leaf("Tomato___Early_blight", 7, size=300).save(photo)
+    out = tmp_path / "heat.png"
+    result = CliRunner().invoke(app, ["explain", str(photo), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    predictor = Predictor(default_bundle_path())
+    prediction, png = predictor.explain(photo)
+    assert prediction.label in result.output
+    base = Image.fromarray(model_view(load_rgb(photo), predictor.spec)).convert("RGBA")
+    expected = Image.alpha_composite(base, Image.open(io.BytesIO(png))).convert("RGB")
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))

@@ -20,7 +20,7 @@ from plantdx.config import Settings
 from plantdx.data.datamodule import PlantDataModule
 from plantdx.export import ExportResult, fit_temperature, onnx_logits, quantize_int8, torch_logits
 from plantdx.images import load_rgb
-from plantdx.inference import Predictor, softmax
+from plantdx.inference import Predictor, heatmap_png, softmax
 from plantdx.train import TrainResult
 
 pytestmark = pytest.mark.slow
@@ -81,8 +81,9 @@ def test_int8_quantisation_keeps_the_answers(exported: ExportResult, tmp_path: P
     int8 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
     a, b = onnx_logits(fp32, calib), onnx_logits(int8, calib)
-    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
-    assert np.abs(a - b).max() < 0.5 * (np.abs(a).max() + 1e-6)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
+    # Measured here: the largest difference is 0.4 % of the largest logit; 5 % leaves room for other CPUs.
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
 
 
 def test_temperature_fit_recovers_a_known_temperature() -> None:
@@ -111,6 +112,16 @@ def test_a_bundle_with_a_missing_or_altered_file_is_refused(exported: ExportResu
         load_bundle(copy)
     write_card(copy, card)
     assert load_bundle(copy).labels == load_bundle(exported.bundle).labels  # re-carded, it loads again
+    # A model file dropped in after the card was written would be served unchecked.
+    card = json.loads((copy / "card.json").read_text())
+    (copy / "model.int8.onnx").unlink(missing_ok=True)
+    (copy / "card.json").write_text(
+        json.dumps({**card, "files": {k: v for k, v in card["files"].items() if k != "model.int8.onnx"}})
+    )
+    load_bundle(copy)
+    shutil.copy(exported.bundle / "model.onnx", copy / "model.int8.onnx")
+    with pytest.raises(BundleError, match="holds model.int8.onnx, which its card.json does not list"):
+        load_bundle(copy)
 
 
 def test_class_activation_maps_average_to_the_logits(exported: ExportResult) -> None:
@@ -127,11 +138,16 @@ def test_class_activation_maps_average_to_the_logits(exported: ExportResult) -> 
 
 def test_explain_returns_a_heat_map_png(exported: ExportResult) -> None:
     predictor = Predictor(exported.bundle)
-    prediction, png = predictor.explain(make_leaf("Crop___Spot", 3))
+    leaf = make_leaf("Crop___Spot", 3)
+    prediction, png = predictor.explain(leaf)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     heat = Image.open(io.BytesIO(png))
     assert heat.size == (32, 32) and heat.mode == "RGBA"
-    assert prediction.label == predictor.predict_one(make_leaf("Crop___Spot", 3)).label
+    assert prediction.label == predictor.predict_one(leaf).label
+    # It is the map of the predicted class (at 32 px the map is one cell, so its shape is checked on a real leaf
+    # in test_default_bundle).
+    (cam,) = predictor.session.run(["cam"], {predictor.input_name: predictor.preprocess(leaf)[None]})
+    assert png == heatmap_png(cam[0, predictor.labels.index(prediction.label)], 32)
 
 
 def test_bench_measures_every_runtime_of_a_bundle(exported: ExportResult, tmp_path: Path) -> None:
@@ -147,6 +163,21 @@ def test_bench_measures_every_runtime_of_a_bundle(exported: ExportResult, tmp_pa
     assert set(rows) == {"pytorch-eager", "torchscript", "onnxruntime-fp32", "onnxruntime-int8"}
     assert rows["onnxruntime-fp32"]["p50_ms"] > 0 and rows["torchscript"]["throughput_ips"] > 0
     assert rows["pytorch-eager"]["p50_ms"] is None and "checkpoint" in rows["pytorch-eager"]["note"]
+
+
+def test_bench_and_export_report_each_step_for_the_progress_bars(
+    exported: ExportResult, trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
+) -> None:
+    from plantdx.bench import RUNTIMES, bench_bundle
+    from plantdx.export import EXPORT_STEPS, export
+
+    heard: list[str] = []
+    rows = bench_bundle(exported.bundle, threads=1, runs=10, batch=2, on_runtime=heard.append)
+    assert heard == [r.runtime for r in rows] == list(RUNTIMES)
+    settings, trained = trained_tiny
+    steps: list[str] = []
+    export(settings, tmp_path / "bundle", run_id=trained.run_id, on_step=steps.append)
+    assert steps == list(EXPORT_STEPS)
 
 
 def test_abstain_threshold_reaches_the_target_or_says_it_did_not() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from plantdx.images import center_crop, load_rgb, preprocess, resize_shorter
+from plantdx.images import center_crop, load_rgb, model_view, preprocess, resize_shorter, to_input
 
 
 def test_resize_shorter_keeps_aspect() -> None:
@@ -37,3 +37,16 @@ def test_preprocess_follows_the_spec() -> None:
     out = preprocess(Image.new("RGB", (16, 8), (255, 0, 255)), spec)
     assert out.shape == (3, 4, 4) and out.dtype == np.float32
     assert np.allclose(out[0], 1.0) and np.allclose(out[1], -1.0)
+
+
+def test_model_view_squashes_when_resize_equals_crop_and_crops_otherwise() -> None:
+    """``resize == crop`` is a plain resize of the whole photo; otherwise shorter side, then the centre."""
+    photo = Image.new("RGB", (40, 20), (255, 0, 0))
+    photo.paste((0, 0, 255), (0, 0, 10, 20))  # a blue strip on the left quarter
+    squashed = model_view(photo, {"resize": 8, "crop": 8, "interpolation": "area"})
+    cropped = model_view(photo, {"resize": 8, "crop": 8, "interpolation": "area"} | {"resize": 10})
+    assert squashed.shape == cropped.shape == (8, 8, 3)
+    assert squashed[:, 0].tolist() == [[0, 0, 255]] * 8  # the strip is in view
+    assert cropped[:, 0].tolist() == [[255, 0, 0]] * 8  # the centre crop leaves it out
+    spec = {"resize": 8, "crop": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert np.array_equal(preprocess(photo, spec), to_input(model_view(photo, spec), spec))

@@ -60,6 +60,9 @@ def round_trip(registry: Registry, exported: ExportResult, tmp_path: Path) -> No
     better = registry.register(variant(exported, tmp_path / "better", 0.95, 0.95))
     result = registry.promote(better.version)
     assert result.accepted and registry.by_alias(CHAMPION).version == better.version  # type: ignore[union-attr]
+    tie = registry.register(variant(exported, tmp_path / "tie", 0.95, 0.95))
+    with pytest.raises(PromotionRefusedError, match=r"0\.9500 does not beat champion v\d+'s 0\.9500"):
+        registry.promote(tie.version)  # "beats": equal is not enough, even with a margin of 0
 
     forced = registry.promote(worse.version, force=True)
     assert not forced.accepted

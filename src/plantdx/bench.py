@@ -56,9 +56,23 @@ def _measure(name: str, single: Callable[[], Any], batched: Callable[[], Any], b
     )
 
 
+RUNTIMES = ("pytorch-eager", "torchscript", "onnxruntime-fp32", "onnxruntime-int8")
+
+
+def _no_runtime(_: str) -> None:
+    pass
+
+
 def bench_bundle(
-    bundle_dir: Path, *, threads: int, runs: int = 300, batch: int = 32, checkpoint: Path | None = None
+    bundle_dir: Path,
+    *,
+    threads: int,
+    runs: int = 300,
+    batch: int = 32,
+    checkpoint: Path | None = None,
+    on_runtime: Callable[[str], None] = _no_runtime,
 ) -> list[RuntimeBench]:
+    """One row per runtime of ``RUNTIMES``, in that order; ``on_runtime`` hears each as its measuring starts."""
     bundle = load_bundle(bundle_dir)
     size = int(bundle.preprocess["crop"])
     rng = np.random.default_rng(0)
@@ -72,8 +86,9 @@ def bench_bundle(
     else:
         import torch
 
-        results.extend(_torch_rows(torch, bundle.path, checkpoint, x1, xb, threads, runs))
+        results.extend(_torch_rows(torch, bundle.path, checkpoint, x1, xb, threads, runs, on_runtime))
     for name, path in (("onnxruntime-fp32", bundle.onnx_path), ("onnxruntime-int8", bundle.int8_path)):
+        on_runtime(name)
         if path is None:
             reason = bundle.card.get("int8", {}).get("reason", "not in bundle")
             results.append(RuntimeBench(name, None, None, batch, None, f"not in bundle: {reason}"))
@@ -83,18 +98,27 @@ def bench_bundle(
 
 
 def _torch_rows(
-    torch: Any, bundle_dir: Path, checkpoint: Path | None, x1: np.ndarray, xb: np.ndarray, threads: int, runs: int
+    torch: Any,
+    bundle_dir: Path,
+    checkpoint: Path | None,
+    x1: np.ndarray,
+    xb: np.ndarray,
+    threads: int,
+    runs: int,
+    on_runtime: Callable[[str], None],
 ) -> list[RuntimeBench]:
     torch.set_num_threads(threads)
     batch = len(xb)
     rows = []
     t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
+    on_runtime("pytorch-eager")
     eager = _eager_model(checkpoint)
     if eager is None:
         rows.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
     else:
         with torch.inference_mode():
             rows.append(_measure("pytorch-eager", lambda: eager(t1), lambda: eager(tb), batch, runs))
+    on_runtime("torchscript")
     ts_path = bundle_dir / "model.ts"
     if ts_path.is_file():
         scripted = torch.jit.load(str(ts_path))

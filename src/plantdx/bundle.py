@@ -99,6 +99,10 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
         unlisted = [n for n in REQUIRED_FILES if n != "card.json" and n not in recorded]
         if unlisted:
             raise BundleError(f"card.json of bundle {path} does not cover {', '.join(unlisted)}")
+        # A model file added after export (an int8 graph, say) would be served unchecked: refuse it too.
+        added = [n for n in OPTIONAL_FILES if (path / n).is_file() and n not in recorded]
+        if added:
+            raise BundleError(f"bundle {path} holds {', '.join(added)}, which its card.json does not list")
     labels = _read_json(path / "labels.json")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
         raise BundleError(f"labels.json in bundle {path} must be a list of at least two class names")

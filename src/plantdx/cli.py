@@ -249,7 +249,7 @@ def export_cmd(
     set_: SetOption = None,
 ) -> None:
     """Write a model bundle: ONNX, INT8 (when it earns its place), TorchScript, calibration, drift reference, card."""
-    from plantdx.export import export
+    from plantdx.export import EXPORT_STEPS, export
 
     settings = _settings(config, set_)
     extra: dict[str, Any] = {"export_command": _command("export", config, set_)}
@@ -259,8 +259,15 @@ def export_cmd(
         run_id = run_id or training.get("run_id")
     if sum(x is not None for x in (run_id, checkpoint, version)) != 1:
         raise PlantdxError("give exactly one of --run-id, --checkpoint, --version or --train-result")
-    with err_console.status("exporting and measuring the bundle"):
-        result = export(settings, output, run_id=run_id, checkpoint=checkpoint, version=version, extra_card=extra)
+    with _progress() as progress:
+        task = progress.add_task("loading the checkpoint", total=len(EXPORT_STEPS))
+
+        def on_step(name: str) -> None:
+            progress.update(task, description=name, completed=EXPORT_STEPS.index(name))
+
+        result = export(
+            settings, output, run_id=run_id, checkpoint=checkpoint, version=version, extra_card=extra, on_step=on_step
+        )
     _print_card(result.card)
     console.print(f"bundle written to {result.bundle}")
     if register:
@@ -354,12 +361,20 @@ def bench(
     ),
 ) -> None:
     """Latency and throughput of PyTorch eager, TorchScript, ONNX Runtime FP32 and INT8 on this machine."""
-    from plantdx.bench import bench_bundle, write_results
+    from plantdx.bench import RUNTIMES, bench_bundle, write_results
     from plantdx.inference import default_bundle_path
 
     folder = bundle or default_bundle_path()
-    with err_console.status("benchmarking"):
-        results = bench_bundle(folder, threads=threads, runs=runs, batch=batch, checkpoint=checkpoint)
+    with _progress() as progress:
+        task = progress.add_task("benchmarking", total=len(RUNTIMES))
+        results = bench_bundle(
+            folder,
+            threads=threads,
+            runs=runs,
+            batch=batch,
+            checkpoint=checkpoint,
+            on_runtime=lambda name: progress.update(task, description=name, completed=RUNTIMES.index(name)),
+        )
     table = Table(title=f"{folder} ({threads} threads)")
     for col in ("runtime", "p50 ms", "p99 ms", f"batch {batch} img/s", "note"):
         table.add_column(col, justify="left" if col in ("runtime", "note") else "right")
@@ -420,7 +435,7 @@ def explain(
     """Where the model looked: a class-activation heat map over the photo's centre crop (PNG)."""
     from PIL import Image
 
-    from plantdx.images import center_crop, load_rgb, resize_shorter
+    from plantdx.images import load_rgb, model_view
     from plantdx.inference import Predictor, default_bundle_path
 
     if not image.is_file():
@@ -431,12 +446,10 @@ def explain(
     except OSError as exc:
         raise PlantdxError(f"cannot read {image} as an image: {exc}") from None
     prediction, png = predictor.explain(photo)
-    spec = predictor.spec
-    crop = center_crop(resize_shorter(photo, int(spec["resize"]), str(spec["interpolation"])), int(spec["crop"]))
     import io
 
     heat = Image.open(io.BytesIO(png))
-    base = Image.fromarray(crop).convert("RGBA")
+    base = Image.fromarray(model_view(photo, predictor.spec)).convert("RGBA")
     Image.alpha_composite(base, heat).convert("RGB").save(output)
     console.print(f"{prediction.label} ({prediction.confidence:.1%}); heat map over the model's view: {output}")
 

@@ -12,7 +12,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +65,19 @@ class ExportResult:
 
 
 # -- the graphs -------------------------------------------------------------------------------------------------
+
+
+EXPORT_STEPS = (
+    "ONNX graph and parity on the test split",
+    "calibration on the validation split",
+    "drift reference and leaf detector",
+    "latency and INT8",
+    "TorchScript and card",
+)
+
+
+def _no_step(_: str) -> None:
+    pass
 
 
 def _graph_kind(model: nn.Module) -> str:
@@ -321,8 +334,12 @@ def export_bundle(
     *,
     run_id: str | None = None,
     extra_card: dict[str, Any] | None = None,
+    on_step: Callable[[str], None] = _no_step,
 ) -> ExportResult:
-    """Write a complete, verified bundle for ``module`` into ``out`` (replaced if it exists)."""
+    """Write a complete, verified bundle for ``module`` into ``out`` (replaced if it exists).
+
+    ``on_step`` hears each of ``EXPORT_STEPS`` as it starts, for a progress bar: an export takes minutes.
+    """
     cfg = settings.export
     classes = list(module.class_names)
     if classes != manifest.classes:
@@ -339,6 +356,7 @@ def export_bundle(
     out.mkdir(parents=True)
     model = module.model.eval().cpu()
 
+    on_step(EXPORT_STEPS[0])
     onnx_path = export_onnx(model, spec["crop"], out / "model.onnx")
     session = create_session(onnx_path, threads=settings.export.threads)
 
@@ -350,6 +368,7 @@ def export_bundle(
     if not onnx_parity.passed:
         raise ExportError(f"ONNX export does not match PyTorch on the test images: {onnx_parity}")
 
+    on_step(EXPORT_STEPS[1])
     val_rows = manifest.split("val")
     val_x, _ = _inputs(root, val_rows, spec)
     val_y = np.array([index[r.label] for r in val_rows])
@@ -375,6 +394,7 @@ def export_bundle(
 
     # the drift reference: held-out images (training images would make every served confidence look low), featured
     # from the model input exactly as the service features what it serves
+    on_step(EXPORT_STEPS[2])
     pick = _sample(list(range(len(val_rows))), cfg.reference_images, settings.dataset.seed)
     ref_x = val_x[pick]
     has_embedding = "embedding" in {o.name for o in session.get_outputs()}
@@ -407,6 +427,7 @@ def export_bundle(
     (out / "labels.json").write_text(json.dumps(classes) + "\n")
     (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
 
+    on_step(EXPORT_STEPS[3])
     fp32_latency = single_image_latency(session, test_x[0])
     calibration_rows = _sample(manifest.split("train"), cfg.int8_calibration_images, settings.dataset.seed)
     calibration_x = _inputs(root, calibration_rows, spec)[0] if cfg.int8 else test_x[:0]
@@ -423,6 +444,7 @@ def export_bundle(
         classes,
         settings.export.threads,
     )
+    on_step(EXPORT_STEPS[4])
     torchscript: dict[str, Any] = {"kept": False}
     if cfg.torchscript:
         export_torchscript(model, spec["crop"], out / "model.ts")
@@ -534,6 +556,7 @@ def export(
     checkpoint: Path | None = None,
     version: str | None = None,
     extra_card: dict[str, Any] | None = None,
+    on_step: Callable[[str], None] = _no_step,
 ) -> ExportResult:
     """Export the best checkpoint of a run (or a checkpoint file, or the run behind a registered version)."""
     from plantdx.train import load_trained
@@ -545,4 +568,6 @@ def export(
         if run_id is None:
             raise ExportError(f"version {version} of {settings.tracking.registered_model} has no run to export from")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
-    return export_bundle(settings, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card)
+    return export_bundle(
+        settings, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step
+    )

@@ -60,6 +60,12 @@ def to_input(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(((crop - mean) / std).transpose(2, 0, 1))
 
 
+def model_view(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """The crop the model sees, as HWC uint8 (what a heat map is laid over)."""
+    crop = int(spec["crop"])
+    return center_crop(resize_for_model(img, int(spec["resize"]), crop, str(spec["interpolation"])), crop)
+
+
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     """A decoded RGB image -> the model's CHW float32 input."""
-    return to_input(resize_for_model(img, int(spec["resize"]), int(spec["crop"]), str(spec["interpolation"])), spec)
+    return to_input(model_view(img, spec), spec)

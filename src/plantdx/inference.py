@@ -197,6 +197,7 @@ class Predictor:
             "classes": self.labels,
             "runtime": self.runtime,
             "input_size": self.input_size,
+            "preprocess": dict(self.spec),
             "temperature": self.temperature,
             "abstain_threshold": self.threshold,
             "metrics": card.get("metrics", {}),

@@ -212,7 +212,7 @@ class Registry:
                     f"it was scored on another test split than champion v{champion.version} "
                     f"({key.replace('_', ' ')} {ours[:12]} vs {theirs[:12]})"
                 )
-            if not metric >= base + cfg.margin:
+            if not metric > base + cfg.margin:  # beat it: a tie is not a reason to change what serves
                 result.reasons.append(
                     f"{cfg.metric} {metric:.4f} does not beat champion v{champion.version}'s {base:.4f} "
                     f"by the required margin {cfg.margin}"

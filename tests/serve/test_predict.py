@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -89,11 +90,14 @@ def test_jobs_round_trip_and_unknown_id(client: TestClient) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-def test_model_info_health_and_metrics(client: TestClient) -> None:
+def test_model_info_health_and_metrics(client: TestClient, exported: ExportResult) -> None:
     info = client.get("/v1/model").json()
     assert info["architecture"] == "plant_cnn"
     assert info["classes"] == ["Crop___Blight", "Crop___Spot", "Crop___healthy"]
     assert info["runtime"] == "onnxruntime" and info["input_size"] == 32
+    # The page sizes its heat-map overlay from resize / crop.
+    assert info["preprocess"] == json.loads((exported.bundle / "preprocess.json").read_text())
+    assert (info["preprocess"]["resize"], info["preprocess"]["crop"]) == (37, 32)
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/readyz").status_code == 200
     health = client.get("/health").json()

@@ -118,6 +118,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     runtime: str
     input_size: int
+    preprocess: dict[str, Any] = Field(description="preprocess.json: resize, crop, interpolation, mean, std")
     temperature: float
     abstain_threshold: float
     loaded_at: float

@@ -44,6 +44,7 @@ def create_model_router() -> APIRouter:
             metrics=described["metrics"],
             runtime=described["runtime"],
             input_size=described["input_size"],
+            preprocess=described["preprocess"],
             temperature=described["temperature"],
             abstain_threshold=described["abstain_threshold"],
             loaded_at=runtime.loaded_at,
