@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,9 +64,19 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     root = default_data_root()
-    if not root.is_dir():
-        pytest.skip(f"real images not found at {root} (set PLANTDX_DATA)")
+    if not root.is_dir():  # fail, not skip: a missing dataset must not turn the real-image tests green
+        pytest.fail(
+            f"real images not found at {root}: set PLANTDX_DATA, or leave these tests out with -m 'not realdata'"
+        )
     return root
+
+
+def installed(program: str, install: str) -> str:
+    """The path of a server binary the tests run for real; a missing one fails (CI installs it), never skips."""
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"`{program}` is not on PATH: {install} (.ci/run does)")
+    return path
 
 
 @pytest.fixture

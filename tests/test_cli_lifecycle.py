@@ -49,15 +49,18 @@ def test_train_export_register_promote_rollback(tiny_dataset: Path, tmp_path: Pa
     assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
     challenger = registry.by_alias("challenger")
     assert challenger is not None and challenger.version == "2"
-    verdict = registry.gate(challenger)
-    r = runner.invoke(app, ["promote", *common])  # the challenger: v2, trained longer
-    if verdict.accepted:
-        assert r.exit_code == 0, r.output
-        assert registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]
-    else:  # the gate refused, and said why
-        assert r.exit_code != 0 and "not promoted" in str(r.exception)
-        r = runner.invoke(app, ["promote", *common, "--force"])
-        assert r.exit_code == 0 and "forced" in r.output
+    # The gate decides: a margin no model can meet is refused, with the reason; a lenient gate lets v2 in.
+    r = runner.invoke(app, ["promote", *common, "--set", "gate.margin=1.0"])
+    assert r.exit_code != 0 and "not promoted" in str(r.exception) and "margin 1.0" in str(r.exception)
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+    lenient = ["--set", "gate.margin=-1.0", "--set", "gate.max_class_drop=1.0"]
+    r = runner.invoke(app, ["promote", *common, *lenient])  # the challenger: v2, trained longer
+    assert r.exit_code == 0, r.output
+    assert registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]
     r = runner.invoke(app, ["rollback", *common])
     assert r.exit_code == 0, r.output
     assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+    # --force overrides the gate, and says so.
+    r = runner.invoke(app, ["promote", *common, "--version", "2", "--set", "gate.margin=1.0", "--force"])
+    assert r.exit_code == 0 and "forced" in r.output, r.output
+    assert registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]

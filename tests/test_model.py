@@ -216,5 +216,6 @@ def test_a_plantdx_checkpoint_can_warm_start_a_model(tmp_path: Path) -> None:
     source = _module(class_weights=[1.0, 1.0, 1.0])
     torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "run.ckpt")
     model = create_model("plant_cnn", 3, width=0.25, pretrained=True, pretrained_path=tmp_path / "run.ckpt")
-    first = next(iter(model.state_dict()))
-    assert torch.equal(model.state_dict()[first], source.model.state_dict()[first])
+    expected = source.model.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())

@@ -17,6 +17,7 @@ from conftest import SMOKE
 from plantdx.config import Settings, load_settings
 from plantdx.errors import PlantdxError
 from plantdx.evaluate import evaluate
+from plantdx.model import create_model
 from plantdx.train import load_trained, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
@@ -131,20 +132,34 @@ def test_evaluate_needs_exactly_one_source(smoke_settings: Settings) -> None:
 
 
 def test_warm_start_from_a_previous_run(smoke_settings: Settings, tmp_path: Path) -> None:
-    """``model.pretrained`` with a local checkpoint: trains, tests and logs once (no second set of params)."""
+    """``model.pretrained`` with a local checkpoint: the run starts from those weights, and says so."""
     first = train(smoke_settings)
     warm = smoke_settings.model_copy(
         update={
             "model": smoke_settings.model.model_copy(
                 update={"pretrained": True, "pretrained_path": first.best_checkpoint}
             ),
-            "train": smoke_settings.train.model_copy(update={"output_dir": tmp_path / "warm"}),
+            # A rate of ~0, so the weights the run ends with are the ones it started from (batch-norm statistics
+            # still move; they are not parameters).
+            "train": smoke_settings.train.model_copy(update={"output_dir": tmp_path / "warm", "lr": 1e-9}),
         }
     )
     result = train(warm)
     assert result.test is not None and result.run_id != first.run_id
-    params = MlflowClient(warm.tracking.uri).get_run(result.run_id).data.params
-    assert params["model.pretrained"] == "True"
+    assert MlflowClient(warm.tracking.uri).get_run(result.run_id).data.params["model.pretrained"] == "True"
+
+    def parameters(checkpoint: Path) -> dict[str, torch.Tensor]:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        buffers = ("running_mean", "running_var", "num_batches_tracked")
+        return {k: v for k, v in state.items() if k.startswith("model.") and not k.endswith(buffers)}
+
+    started_from = parameters(first.best_checkpoint)
+    ended_with = parameters(result.run_dir / "checkpoints" / "last.ckpt")
+    assert started_from.keys() == ended_with.keys()
+    assert all(torch.allclose(ended_with[k], v, atol=1e-6) for k, v in started_from.items())
+    classes = started_from["model.classifier.2.bias"].numel()
+    fresh = {f"model.{k}": v for k, v in create_model("plant_cnn", classes, width=0.25).state_dict().items()}
+    assert not all(torch.allclose(fresh[k], v, atol=1e-6) for k, v in started_from.items())  # a cold start differs
 
 
 def test_with_ema_the_best_checkpoint_holds_the_averaged_weights(smoke_settings: Settings, tmp_path: Path) -> None:
@@ -164,7 +179,9 @@ def test_with_ema_the_best_checkpoint_holds_the_averaged_weights(smoke_settings:
     best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
     loaded = load_trained(settings, checkpoint=result.best_checkpoint).module.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in best["state_dict"].items())
-    assert "averaging_state" in best  # the checkpoint's weights are the EMA, not the raw ones
+    # The checkpoint's weights are the EMA, not the raw ones that it keeps beside them.
+    raw = best["current_model_state"]
+    assert any(not torch.equal(v, raw[k]) for k, v in best["state_dict"].items() if v.is_floating_point())
 
 
 class _Interrupt(Callback):

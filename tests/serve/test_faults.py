@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +22,10 @@ import redis
 from test_redis import wait_for
 from test_server_process import Outcome, hammer
 
-from conftest import Server, free_port, jpeg, start_server
+from conftest import Server, free_port, installed, jpeg, start_server
 from plantdx.export import ExportResult
 
 pytestmark = pytest.mark.slow
-needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
 
 class RedisProcess:
@@ -45,8 +43,9 @@ class RedisProcess:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        binary = installed("redis-server", "apt-get install redis-server")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -96,7 +95,6 @@ def log_lines(server: Server) -> list[dict[str, object]]:
     return [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
 
 
-@needs_redis
 def test_redis_restarted_under_load(exported: ExportResult, redis_proc: RedisProcess, tmp_path: Path) -> None:
     """Predictions never fail; jobs answer a clear 503 while Redis is down and work again once it is back; the
     shared rate limits fall back to per-process memory with a WARNING and return to Redis; no service restart."""
@@ -164,7 +162,6 @@ def test_redis_restarted_under_load(exported: ExportResult, redis_proc: RedisPro
                      f"{recovered_in:.1f} s after Redis (load1 {os.getloadavg()[0]:.2f})\n")  # fmt: skip
 
 
-@needs_redis
 def test_a_hung_redis_does_not_stall_predictions(
     exported: ExportResult, redis_proc: RedisProcess, tmp_path: Path
 ) -> None:

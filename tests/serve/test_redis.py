@@ -5,7 +5,6 @@ A real `redis-server` (Debian package) on a free loopback port; real `plantdx wo
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,22 +16,20 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import free_port, jpeg, serve_settings
+from conftest import free_port, installed, jpeg, serve_settings
 from plantdx.export import ExportResult
 from plantdx.serve import create_app
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")
+    binary = installed("redis-server", "apt-get install redis-server")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(folder)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
