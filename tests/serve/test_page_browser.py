@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import start_server
@@ -47,6 +48,11 @@ def test_upload_a_leaf_and_see_the_diagnosis(real_data: Path, tmp_path: Path) ->
             assert "Early blight" in diagnosis and "Tomato" in diagnosis, diagnosis
             assert "%" in page.locator("#confidence").inner_text()
             assert page.locator("#top3 li").count() == 3
+            # The heat map lies over the model's centre crop: the photo is zoomed by resize / crop from /v1/model.
+            spec = httpx.get(f"{server.url}/v1/model", timeout=10).json()["preprocess"]
+            zoom = f"{spec['resize'] / spec['crop']:.4f}".rstrip("0")
+            expect(page.locator("#heatmap-photo")).to_have_css("transform", f"matrix({zoom}, 0, 0, {zoom}, 0, 0)")
+            expect(page.locator("#heatmap-photo")).to_have_css("object-fit", "cover")
             assert "extension" in page.locator("#advice").inner_text().lower() or page.locator("#advice a").count() > 0
             page.wait_for_timeout(300)
             shot = tmp_path / "page.png"

@@ -18,6 +18,8 @@
   // `input_size` is cut from the middle (default resize = input_size * 256 / 224). A square heat map
   // therefore covers only that central square, so the photo is zoomed to match it.
   var cropZoom = 256 / 224;
+  // A bundle with resize == crop squashes the whole photo to a square instead (preprocess.json's rule).
+  var squashes = false;
 
   var el = {};
   var advice = null; // {classes: {...}} once loaded
@@ -334,7 +336,8 @@
   function fitHeatmap(w, h) {
     var square = w > 0 && h > 0 && Math.abs(w / h - 1) < 0.02;
     el.heatmapStack.style.aspectRatio = w > 0 && h > 0 ? w + " / " + h : "1 / 1";
-    el.heatmapPhoto.style.transform = square ? "scale(" + cropZoom.toFixed(4) + ")" : "none";
+    el.heatmapPhoto.style.objectFit = squashes ? "fill" : "cover";
+    el.heatmapPhoto.style.transform = square && !squashes ? "scale(" + cropZoom.toFixed(4) + ")" : "none";
   }
 
   function renderAdvice(label, main, abstained) {
@@ -426,6 +429,7 @@
         var size = Number(m && m.input_size);
         var resize = Number(m && (m.resize || (m.preprocess && m.preprocess.resize)));
         if (size > 0 && resize >= size) cropZoom = resize / size;
+        squashes = size > 0 && resize === size;
         var parts = ["Model"];
         if (m && m.architecture) parts.push(String(m.architecture));
         if (m && m.version !== undefined && m.version !== null) parts.push(versionLabel(m.version));
