@@ -45,6 +45,16 @@ def test_stratified_fractions_and_every_class_in_every_split() -> None:
         assert abs(counts["val"] / total - 0.15) < 0.05, (label, counts)
 
 
+def test_a_class_of_one_or_two_leaves_still_gets_training_images() -> None:
+    """Left to the fractions, 1 image went to test and 2 to val + test: a class the model could never learn."""
+    manifest = make_manifest(records({"A___x": 100, "B___one": 1, "C___two": 2}), seed=0)
+    counts = manifest.counts()
+    assert counts["B___one"]["train"] == 1 and counts["C___two"]["train"] >= 1
+    assert sum(counts["C___two"].values()) == 2
+    # Classes with enough leaves split as before.
+    assert make_manifest(records({"A___x": 100}), seed=0).rows == tuple(r for r in manifest.rows if r.label == "A___x")
+
+
 def test_identical_bytes_and_leaf_groups_never_straddle_splits() -> None:
     recs = records({"A___x": 60, "B___y": 60})
     dup_hash = recs[0].sha256

@@ -189,3 +189,33 @@ def test_abstain_threshold_reaches_the_target_or_says_it_did_not() -> None:
     assert met and 0.6 < threshold <= 0.9
     _, met = abstain_threshold(np.array([[0.99, 0.01]]), np.array([1]), target_accuracy=1.0, floor=0.3)
     assert not met
+
+
+def test_a_failed_export_leaves_the_previous_bundle_as_it_was(
+    exported: ExportResult, trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
+) -> None:
+    from plantdx.export import EXPORT_STEPS, ExportError, export
+
+    settings, trained = trained_tiny
+    target = Path(shutil.copytree(exported.bundle, tmp_path / "bundle"))
+    before = (target / "card.json").read_bytes()
+
+    def interrupt(step: str) -> None:
+        if step == EXPORT_STEPS[2]:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(settings, target, run_id=trained.run_id, on_step=interrupt)
+    assert (target / "card.json").read_bytes() == before and load_bundle(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no half-written folder left beside it
+
+    result = export(settings, target, run_id=trained.run_id)  # a whole export replaces it
+    assert result.bundle == target and (target / "card.json").read_bytes() != before and load_bundle(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty and is not a bundle"):
+        export(settings, stranger, run_id=trained.run_id)
+    assert [p.name for p in stranger.iterdir()] == ["keep.txt"]

@@ -50,3 +50,26 @@ def test_model_view_squashes_when_resize_equals_crop_and_crops_otherwise() -> No
     assert cropped[:, 0].tolist() == [[255, 0, 0]] * 8  # the centre crop leaves it out
     spec = {"resize": 8, "crop": 8, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     assert np.array_equal(preprocess(photo, spec), to_input(model_view(photo, spec), spec))
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    rgb = load_rgb(tmp_path / "deep.png")
+    assert rgb.mode == "RGB" and np.asarray(rgb)[0, 0].tolist() == [117, 117, 117]  # 30000 / 257, not white
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_result(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:1500, 0:2000] / 1500.0  # a smooth photo-like scene: gradients and broad blobs
+    scene = np.stack([xx * 120, 100 + 80 * np.sin(6 * xx) * np.cos(5 * yy), yy * 150], axis=-1)
+    photo = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8))
+    photo.save(tmp_path / "phone.jpg", quality=90)
+    full = load_rgb(tmp_path / "phone.jpg")
+    reduced = load_rgb(tmp_path / "phone.jpg", min_side=180)
+    assert full.size == (2000, 1500) and reduced.size == (250, 188)  # 1/8: both sides still >= 180
+    spec = {"resize": 180, "crop": 160, "interpolation": "bilinear"}  # what the model then sees
+    a, b = model_view(full, spec).astype(int), model_view(reduced, spec).astype(int)
+    assert a.shape == b.shape == (160, 160, 3) and np.abs(a - b).mean() < 3, np.abs(a - b).mean()
+    photo.resize((256, 256)).save(tmp_path / "small.jpg", quality=90)  # already small: decoded exactly as before
+    assert np.array_equal(
+        np.asarray(load_rgb(tmp_path / "small.jpg", 183)), np.asarray(load_rgb(tmp_path / "small.jpg"))
+    )

@@ -65,3 +65,17 @@ def test_temperature_and_abstention_come_from_the_bundle(exported: ExportResult,
 def test_softmax_rows_sum_to_one() -> None:
     p = softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
     assert np.allclose(p.sum(axis=1), 1.0) and np.allclose(p[1], 1 / 3)
+
+
+def test_labels_that_do_not_fit_the_model_are_refused(exported: ExportResult, tmp_path: Path) -> None:
+    """One label short: refused when loaded, so a service never reports ready and then fails every request."""
+    from plantdx.bundle import BundleError
+
+    copy = Path(shutil.copytree(exported.bundle, tmp_path / "b"))
+    card = json.loads((copy / "card.json").read_text())
+    card.pop("files")
+    labels = json.loads((copy / "labels.json").read_text())
+    (copy / "labels.json").write_text(json.dumps(labels[:-1]))
+    write_card(copy, card)
+    with pytest.raises(BundleError, match=f"gives {len(labels)} logits but labels.json names {len(labels) - 1}"):
+        Predictor(copy)

@@ -442,7 +442,7 @@ def explain(
         raise PlantdxError(f"image not found: {image}")
     predictor = Predictor(model or default_bundle_path())
     try:
-        photo = load_rgb(image)
+        photo = load_rgb(image, int(predictor.spec["resize"]))
     except OSError as exc:
         raise PlantdxError(f"cannot read {image} as an image: {exc}") from None
     prediction, png = predictor.explain(photo)

@@ -7,6 +7,7 @@ ONNX Runtime, i.e. the path that serving takes.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -312,7 +313,7 @@ def abstain_threshold(
 def _inputs(root: Path, rows: Sequence[ManifestRow], spec: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Preprocessed model inputs plus the resized uint8 images (for the drift profile)."""
     size, crop, how = int(spec["resize"]), int(spec["crop"]), str(spec["interpolation"])
-    resized = [resize_for_model(load_rgb(root / r.path), size, crop, how) for r in rows]
+    resized = [resize_for_model(load_rgb(root / r.path, size), size, crop, how) for r in rows]
     return np.stack([to_input(img, spec) for img in resized]), resized
 
 
@@ -338,8 +339,38 @@ def export_bundle(
 ) -> ExportResult:
     """Write a complete, verified bundle for ``module`` into ``out`` (replaced if it exists).
 
-    ``on_step`` hears each of ``EXPORT_STEPS`` as it starts, for a progress bar: an export takes minutes.
+    The bundle is written beside ``out`` and swapped in only once it verifies, so a failed or interrupted export
+    leaves the previous bundle (the packaged default one, say) as it was. ``on_step`` hears each of
+    ``EXPORT_STEPS`` as it starts, for a progress bar: an export takes minutes.
     """
+    if out.exists() and any(out.iterdir()) and not (out / "card.json").is_file():
+        raise ExportError(f"{out} is not empty and is not a bundle; choose another --output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        card = _write_bundle(settings, module, manifest, staging, run_id, extra_card, on_step)
+        load_bundle(staging)  # what we wrote must pass the same check that serving applies
+        previous = out.parent / f".{out.name}.previous-{os.getpid()}"
+        if out.exists():
+            out.rename(previous)
+        staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(bundle=out, card=card)
+
+
+def _write_bundle(
+    settings: Settings,
+    module: PlantClassifier,
+    manifest: Manifest,
+    out: Path,
+    run_id: str | None,
+    extra_card: dict[str, Any] | None,
+    on_step: Callable[[str], None],
+) -> dict[str, Any]:
     cfg = settings.export
     classes = list(module.class_names)
     if classes != manifest.classes:
@@ -349,11 +380,6 @@ def export_bundle(
     root = data_cfg.root
     index = {c: i for i, c in enumerate(classes)}
     started = time.perf_counter()
-    if out.exists():
-        if any(out.iterdir()) and not (out / "card.json").is_file():
-            raise ExportError(f"{out} is not empty and is not a bundle; choose another --output folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     model = module.model.eval().cpu()
 
     on_step(EXPORT_STEPS[0])
@@ -489,9 +515,7 @@ def export_bundle(
         "export_wall_time_s": round(time.perf_counter() - started, 1),
         **(extra_card or {}),
     }
-    card = write_card(out, card)
-    load_bundle(out)  # what we wrote must pass the same check that serving applies
-    return ExportResult(bundle=out, card=card)
+    return write_card(out, card)
 
 
 def _try_int8(

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from plantdx.bundle import Bundle, load_bundle
+from plantdx.bundle import Bundle, BundleError, load_bundle
 from plantdx.images import load_rgb, preprocess
 from plantdx.ood import ood_scores
 
@@ -75,6 +75,7 @@ class Predictor:
         self.temperature = self.bundle.temperature
         self.threshold = self.bundle.abstain_threshold
         self.top_k = top_k
+        self._check_widths()
         ood = self.bundle.calibration.get("ood")
         # Arrays once, here: converting the JSON precision matrix on every call cost ~15 ms per prediction.
         self.ood: dict[str, Any] | None = (
@@ -83,15 +84,27 @@ class Predictor:
             else None
         )
 
+    def _check_widths(self) -> None:
+        """labels.json must name every logit: else the service would warm up, report ready, then fail each call."""
+        widths = {o.name: o.shape[-1] for o in self.session.get_outputs() if o.shape}
+        width = widths.get(self.output_name)
+        if self.output_name not in widths:
+            raise BundleError(f"model.onnx of bundle {self.bundle.path} has no output named {self.output_name!r}")
+        if isinstance(width, int) and width != len(self.labels):
+            raise BundleError(
+                f"bundle {self.bundle.path}: model.onnx gives {width} logits but labels.json names "
+                f"{len(self.labels)} classes"
+            )
+
     @property
     def input_size(self) -> int:
         return int(self.spec["crop"])
 
     def preprocess(self, image: Image.Image | bytes | Path) -> np.ndarray:
         if isinstance(image, bytes):
-            image = load_rgb(io.BytesIO(image))
+            image = load_rgb(io.BytesIO(image), int(self.spec["resize"]))
         elif isinstance(image, Path):
-            image = load_rgb(image)
+            image = load_rgb(image, int(self.spec["resize"]))
         elif image.mode != "RGB":
             image = image.convert("RGB")
         return preprocess(image, self.spec)

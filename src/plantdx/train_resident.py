@@ -90,7 +90,7 @@ def read_rows(manifest: Path, classes: Sequence[str]) -> list[Row]:
 
 def _decode(args: tuple[str, int]) -> np.ndarray:
     path, resize = args
-    return resize_shorter(load_rgb(Path(path)), resize, "bilinear")
+    return resize_shorter(load_rgb(Path(path), resize), resize, "bilinear")
 
 
 def decode_all(root: Path, rows: Sequence[Row], resize: int, workers: int) -> np.ndarray:

@@ -137,3 +137,14 @@ def test_a_failing_database_never_raises_into_the_caller(tmp_path: Path) -> None
     assert writer.flush(5)
     assert writer.failed == 1 and writer.written == 0
     writer.close()
+
+
+def test_a_repeated_request_id_costs_the_batch_nothing(store: PredictionLog) -> None:
+    """A client retrying with its own X-Request-ID: the first row stays, the repeat is skipped, the rest are kept."""
+    store.write([_record(i) for i in range(5)])
+    repeat = _record(0, predicted="B")
+    store.write([_record(5), repeat, _record(6, image=b"jpeg")])
+    assert store.count() == 7
+    rows = {r["request_id"]: r for r in store.window(last=10)}
+    assert set(rows) == {f"r{i}" for i in range(7)} and rows["r0"]["predicted"] == "A"
+    assert store.image_bytes() == len(b"jpeg")  # the kept record's photo too

@@ -129,3 +129,21 @@ def test_batch_of_one_and_more(n: int) -> None:
         return list(out)
 
     assert [o.tolist() for o in asyncio.run(main())] == [[3.0 * i] for i in range(n)]
+
+
+def test_a_drain_answers_requests_caught_in_the_batching_window() -> None:
+    """A request already taken off the queue while the batcher waits for company is answered at once (503) when a
+    drain stops the loop, not left to the one-minute safety net."""
+
+    async def main() -> tuple[object, float]:
+        batcher, pool = make(lambda x: np.zeros((len(x), 2)), max_wait_ms=2000, max_batch_size=4)
+        task = asyncio.ensure_future(batcher.submit(np.zeros(3)))
+        await asyncio.sleep(0.05)  # taken off the queue: the loop now waits up to 2 s for more
+        started = time.monotonic()
+        await batcher.drain(0)
+        result = (await asyncio.gather(task, return_exceptions=True))[0]
+        pool.shutdown()
+        return result, time.monotonic() - started
+
+    result, waited = asyncio.run(main())
+    assert isinstance(result, OverloadedError) and waited < 1.0, (result, waited)

@@ -23,6 +23,11 @@ def test_predict_returns_a_prediction(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["x-request-id"] == "abc-1" and body["request_id"] == "abc-1"
+    # An id too long to log (batch items add "-index") is replaced, not echoed.
+    long_id = "x" * 65
+    r = client.post("/v1/predict", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, headers={"X-Request-ID": long_id})
+    assert r.status_code == 200 and r.headers["x-request-id"] == r.json()["request_id"] != long_id
+    assert len(r.json()["request_id"]) <= 64
     assert body["prediction"] in body["probabilities"]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert [t["label"] for t in body["top_k"]][0] == body["prediction"] and len(body["top_k"]) == 3

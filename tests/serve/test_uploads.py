@@ -92,6 +92,19 @@ def test_modes_and_orientation_are_normalised() -> None:
     assert decode_upload(encoded(Image.new("CMYK", (8, 8)), "JPEG"), "image/jpeg", **LIMITS).mode == "RGB"
     polyglot = jpeg() + b"PK\x03\x04" + b"\x00" * 64
     assert decode_upload(polyglot, "image/jpeg", **LIMITS).mode == "RGB"
+    for alias in ("image/jpg", "image/pjpeg", "IMAGE/JPG; charset=binary"):  # what some clients call JPEG
+        assert decode_upload(jpeg(), alias, **LIMITS).mode == "RGB"
+    with pytest.raises(UnsupportedMediaError, match="declared image/png"):
+        decode_upload(jpeg(), "image/x-png", **LIMITS)
+
+
+def test_a_large_jpeg_upload_decodes_small_and_upright() -> None:
+    """With the model's resize, a 12-megapixel JPEG is decoded at 1/8 scale: no 36 MB copy per request."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # taken in portrait
+    photo = encoded(Image.new("RGB", (4000, 3000), (90, 140, 60)), "JPEG", exif=exif)
+    img = decode_upload(photo, "image/jpeg", max_bytes=10_000_000, max_pixels=40_000_000, min_side=183)
+    assert img.size == (375, 500) and img.mode == "RGB"  # 3000 / 8 x 4000 / 8, turned upright
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ class ImageCache:
         return image
 
     def load(self, rel_path: str) -> np.ndarray:
-        return resize_for_model(load_rgb(self.root / rel_path), self.size, self.crop, self.interpolation)
+        return resize_for_model(load_rgb(self.root / rel_path, self.size), self.size, self.crop, self.interpolation)
 
     def fill(self, rel_paths: Sequence[str]) -> None:
         for rel in rel_paths:

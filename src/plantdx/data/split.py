@@ -148,9 +148,14 @@ def make_manifest(
         total = sum(len(m) for m in comps)
         target: dict[Split, float] = {s: fractions[s] * total for s in SPLITS}
         filled: dict[Split, int] = dict.fromkeys(SPLITS, 0)
+        chosen: list[Split] = []
         for members in comps:
             split = max(_FILL_ORDER, key=lambda s: (target[s] - filled[s]) / max(target[s], 1e-9))
             filled[split] += len(members)
+            chosen.append(split)
+        if comps and filled["train"] == 0:  # a class of one or two leaves: it must still be learned, so its first
+            chosen[0] = "train"  # group trains (evaluation of it is then thin or absent, which scan warns about)
+        for members, split in zip(comps, chosen, strict=True):
             group = min(records[i].sha256 for i in members)[:16]
             for i in sorted(members, key=lambda i: records[i].path):
                 r = records[i]

@@ -127,6 +127,30 @@ class PredictionLog:
     def write(self, records: Sequence[PredictionRecord]) -> None:
         if not records:
             return
+        try:
+            self._insert(records)
+        except sa.exc.IntegrityError:
+            # A request id already logged (a client retrying with its own X-Request-ID) must not cost the other
+            # records of the batch their rows: one at a time, the first write of an id wins.
+            written = []
+            for record in records:
+                try:
+                    self._insert([record])
+                    written.append(record)
+                except sa.exc.IntegrityError:
+                    log.warning(f"prediction log: request id {record.request_id} is already logged; not again")
+            records = written
+        added = sum(len(r.image) for r in records if r.image is not None)
+        if added:
+            if self._image_total is None:
+                self._image_total = self.image_bytes()
+            else:
+                self._image_total += added
+            if self._image_total > self.image_store_bytes:  # a full scan only when the bound may be crossed
+                self.evict_images()
+                self._image_total = None  # recounted next time: other replicas may write to the same store
+
+    def _insert(self, records: Sequence[PredictionRecord]) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(predictions), [r.row() for r in records])
             kept = [r for r in records if r.image is not None]
@@ -137,7 +161,7 @@ class PredictionLog:
                         {
                             "request_id": r.request_id,
                             "created_at": r.created_at,
-                            "content_type": r.content_type,
+                            "content_type": (r.content_type or "")[:100] or None,  # the column's width
                             "size": len(r.image or b""),
                             "labelled": False,
                             "data": r.image,
@@ -145,15 +169,6 @@ class PredictionLog:
                         for r in kept
                     ],
                 )
-        added = sum(len(r.image) for r in records if r.image is not None)
-        if added:
-            if self._image_total is None:
-                self._image_total = self.image_bytes()
-            else:
-                self._image_total += added
-            if self._image_total > self.image_store_bytes:  # a full scan only when the bound may be crossed
-                self.evict_images()
-                self._image_total = None  # recounted next time: other replicas may write to the same store
 
     def evict_images(self) -> int:
         """Keep the stored image bytes under the bound: unlabelled photos go first (oldest first), then labelled."""

@@ -62,6 +62,7 @@ class MicroBatcher:
         self.metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
+        self._collecting: list[_Item] = []
         self.closed = False
 
     def start(self) -> None:
@@ -88,14 +89,14 @@ class MicroBatcher:
         except TimeoutError:
             raise OverloadedError("inference did not answer in time; retry") from None
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self, batch: list[_Item]) -> None:
         """Called holding a free stream: take the first waiting request and whatever queued behind it.
 
         The ``max_wait`` window opens only when this was the last free stream: with a stream to spare, waiting
-        for company would only add latency (a lone request at low load goes straight through).
+        for company would only add latency (a lone request at low load goes straight through). ``batch`` is the
+        loop's own list, filled in place, so a cancellation mid-window still knows whom to answer.
         """
-        first = await self.queue.get()
-        batch = [first]
+        batch.append(await self.queue.get())
         while len(batch) < self.max_batch_size and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         if len(batch) < self.max_batch_size and self.max_wait > 0 and self.in_flight.locked():
@@ -105,7 +106,6 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
-        return batch
 
     def _expire(self, batch: list[_Item]) -> list[_Item]:
         """Answer late items with a fast 503 (their clients have likely given up) and keep the rest."""
@@ -129,10 +129,12 @@ class MicroBatcher:
         pile up in the queue and the next free stream takes them together."""
         while True:
             batch: list[_Item] = []
+            self._collecting = batch  # drain waits for these too: taken from the queue, not yet running
             await self.in_flight.acquire()
             try:
-                batch = await self._collect()
+                await self._collect(batch)
                 await self._dispatch(batch)  # hands the stream to _finish, which releases it
+                self._collecting = []
             except asyncio.CancelledError:
                 self.in_flight.release()
                 _fail(batch, OverloadedError("the service is shutting down; retry"))
@@ -174,7 +176,7 @@ class MicroBatcher:
     async def drain(self, timeout: float) -> None:
         """Let queued and running batches finish (graceful shutdown), then stop the loop."""
         deadline = time.monotonic() + timeout
-        while (not self.queue.empty() or self._pending) and time.monotonic() < deadline:
+        while (not self.queue.empty() or self._pending or self._collecting) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.closed = True
         if self._task is not None:

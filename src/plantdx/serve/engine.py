@@ -171,11 +171,14 @@ class Engine:
         size = runtime.predictor.input_size
         x = np.zeros((max(1, self.cfg.max_batch_size), 3, size, size), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self.infer_pool, runtime.predictor.forward, x) for _ in range(self.cfg.streams))
+        predictor = runtime.predictor
+        outs = await asyncio.gather(
+            *(loop.run_in_executor(self.infer_pool, predictor.forward, x) for _ in range(self.cfg.streams))
         )
-        if runtime.predictor.can_explain:
-            await loop.run_in_executor(self.infer_pool, runtime.predictor.session.run, None, {"image": x[:1]})
+        logits, embedding = predictor.split(outs[0])
+        predictor.postprocess(logits, embeddings=embedding)  # the whole answer path, not just the graph
+        if predictor.can_explain:
+            await loop.run_in_executor(self.infer_pool, predictor.session.run, None, {predictor.input_name: x[:1]})
 
     def _publish(self, model: ModelSource) -> None:
         card = model.predictor.bundle.card
@@ -253,7 +256,13 @@ class Engine:
         cfg = self.cfg
 
         def prepare() -> tuple[Any, np.ndarray]:
-            img = decode_upload(data, content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+            img = decode_upload(
+                data,
+                content_type,
+                max_bytes=cfg.max_upload_bytes,
+                max_pixels=cfg.max_pixels,
+                min_side=int(predictor.spec["resize"]),
+            )
             return img, predictor.preprocess(img)
 
         image, x = await loop.run_in_executor(self.decode_pool, prepare)

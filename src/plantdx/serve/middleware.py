@@ -18,7 +18,8 @@ from plantdx.serve.errors import error_body
 from plantdx.serve.metrics import Metrics
 
 access_log = logging.getLogger("plantdx.access")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Up to 64 characters: a batch item logs as "{id}-{index}", and the log and feedback take ids of up to 80.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ADMITTED = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/jobs"})  # POSTs that read an upload: admission control
 
 SECURITY_HEADERS = [

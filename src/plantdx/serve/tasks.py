@@ -77,7 +77,11 @@ def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: i
     started = time.perf_counter()
     try:
         image = decode_upload(
-            base64.b64decode(image_b64), content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
+            base64.b64decode(image_b64),
+            content_type,
+            max_bytes=cfg.max_upload_bytes,
+            max_pixels=cfg.max_pixels,
+            min_side=int(model.predictor.spec["resize"]),
         )
     except ServiceError as exc:
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}

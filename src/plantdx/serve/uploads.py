@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from plantdx.images import decode
 from plantdx.serve.errors import BadImageError, TooLargeError, UnsupportedMediaError
 
 ALLOWED_TYPES = {"image/jpeg", "image/png", "image/webp"}
+# Names some clients and old browsers still send for the same formats.
+TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
 # Browsers and HTTP clients send these for files they cannot name; the magic bytes decide then.
 NEUTRAL_TYPES = {"", "application/octet-stream"}
 # A 1 x 40,000,000 image passes a pixel budget, then explodes when its short side is scaled up to the model's size.
@@ -40,6 +43,7 @@ def _open(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: 
     if len(data) > max_bytes:
         raise TooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes}")
     declared = (content_type or "").split(";")[0].strip().lower()
+    declared = TYPE_ALIASES.get(declared, declared)
     if declared not in ALLOWED_TYPES | NEUTRAL_TYPES:
         raise UnsupportedMediaError(f"content type {declared!r} is not accepted; send JPEG, PNG or WebP")
     actual = sniff(data)
@@ -75,11 +79,16 @@ def check_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_p
     _open(data, content_type, max_bytes=max_bytes, max_pixels=max_pixels).close()
 
 
-def decode_upload(data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """The checks, then the decode: an upright RGB image, or the 4xx that says what is wrong with the file."""
+def decode_upload(
+    data: bytes, content_type: str | None, *, max_bytes: int, max_pixels: int, min_side: int | None = None
+) -> Image.Image:
+    """The checks, then the decode: an upright RGB image, or the 4xx that says what is wrong with the file.
+
+    ``min_side`` (the model's resize) lets a large JPEG decode at a reduced DCT scale: no full-size copy of a
+    40-megapixel photo in memory, with the same pixels ``Predictor.preprocess`` gets from the file.
+    """
     img = _open(data, content_type, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
-        img.load()
-        return ImageOps.exif_transpose(img).convert("RGB")
+        return decode(img, min_side)
     except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault, never a 500
         raise BadImageError(f"the image is truncated or corrupt: {exc}", code="corrupt_image") from None

@@ -189,23 +189,10 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
 async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tuple[bytes, str | None] | ServiceError]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try:
-            payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
-        try:
-            batch = BatchRequest.model_validate(payload)
-        except ValueError as exc:
-            raise InvalidRequestError(f'expected {{"images": [base64, ...]}}: {exc}') from None
-        if len(batch.images) > limit:
-            raise InvalidRequestError(f"{len(batch.images)} images; send at most {limit} per batch")
-        out: list[tuple[bytes, str | None] | ServiceError] = []
-        for encoded in batch.images:
-            try:
-                out.append((base64.b64decode(encoded, validate=True), None))
-            except (binascii.Error, ValueError):
-                out.append(BadImageError("not valid base64", code="invalid_base64"))
-        return out
+        body = await request.body()
+        # Parsing, validating and base64-decoding 16 large images takes seconds of CPU: off the event loop, so
+        # health probes and other requests are answered meanwhile.
+        return await asyncio.to_thread(_decode_json_batch, body, limit)
     if content_type == "multipart/form-data":
         form = await request.form(max_files=limit + 1, max_fields=limit + 8)
         files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload)]
@@ -226,3 +213,23 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
 
 
 __all__ = ["create_predict_router", "diagnose"]
+
+
+def _decode_json_batch(body: bytes, limit: int) -> list[tuple[bytes, str | None] | ServiceError]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+    try:
+        batch = BatchRequest.model_validate(payload)
+    except ValueError as exc:
+        raise InvalidRequestError(f'expected {{"images": [base64, ...]}}: {exc}') from None
+    if len(batch.images) > limit:
+        raise InvalidRequestError(f"{len(batch.images)} images; send at most {limit} per batch")
+    out: list[tuple[bytes, str | None] | ServiceError] = []
+    for encoded in batch.images:
+        try:
+            out.append((base64.b64decode(encoded, validate=True), None))
+        except (binascii.Error, ValueError):
+            out.append(BadImageError("not valid base64", code="invalid_base64"))
+    return out
