@@ -64,6 +64,8 @@ def test_overrides_parse_yaml_scalars() -> None:
         ("", ["dataset.val_fraction=0.5", "dataset.test_fraction=0.45"], "at least 10% for training"),
         ("- a\n- b\n", [], "mapping at the top level"),
         ("train: [\n", [], "not valid YAML"),
+        ("", ["train.lr=[1"], "--set train.lr: '[1' is not a YAML value"),
+        ("", ["dataset.image_size=224", "dataset.resize=100"], "below image_size"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(
@@ -77,6 +79,14 @@ def test_bad_settings_fail_with_a_clear_message(
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path)  # a folder
+
+
+def test_numbers_are_taken_for_string_settings() -> None:
+    """YAML reads ``--set train.precision=32`` as a number; Lightning's "32" is meant."""
+    settings = load_settings(overrides=["train.precision=32", "tracking.run_name=2024"])
+    assert settings.train.precision == "32" and settings.tracking.run_name == "2024"
 
 
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -84,6 +94,8 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         ["--set", "train.nope=1"],
         ["--set", "train.lr=abc"],
         ["-c", str(tmp_path / "missing.yaml")],
+        ["-c", str(tmp_path)],
+        ["--set", "train.lr=[1"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "plantdx.cli", "train", *args], capture_output=True, text=True, timeout=60

@@ -18,7 +18,14 @@ from conftest import make_leaf
 from plantdx.bundle import BundleError, load_bundle, write_card
 from plantdx.config import Settings
 from plantdx.data.datamodule import PlantDataModule
-from plantdx.export import ExportResult, fit_temperature, onnx_logits, quantize_int8, torch_logits
+from plantdx.export import (
+    ExportResult,
+    calibration_temperature,
+    fit_temperature,
+    onnx_logits,
+    quantize_int8,
+    torch_logits,
+)
 from plantdx.images import load_rgb
 from plantdx.inference import Predictor, heatmap_png, softmax
 from plantdx.train import TrainResult
@@ -92,6 +99,16 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
     # The model is 3x overconfident: its logits are the true ones times 3.
     assert fit_temperature(true_logits * 3, labels) == pytest.approx(3.0, rel=0.1)
+    assert calibration_temperature(true_logits * 3, labels)[1] is None
+
+
+def test_a_temperature_fit_at_its_bound_is_not_used() -> None:
+    """No validation error: the NLL keeps falling to T = 0.05, which would make every answer ~100 % sure."""
+    logits = np.eye(4)[np.arange(40) % 4] * 2.0
+    labels = np.arange(40) % 4
+    assert fit_temperature(logits, labels) == pytest.approx(0.05, rel=0.1)
+    temperature, note = calibration_temperature(logits, labels)
+    assert temperature == 1.0 and note is not None and "0 validation errors" in note
 
 
 def test_a_bundle_with_a_missing_or_altered_file_is_refused(exported: ExportResult, tmp_path: Path) -> None:
@@ -219,3 +236,20 @@ def test_a_failed_export_leaves_the_previous_bundle_as_it_was(
     with pytest.raises(ExportError, match="not empty and is not a bundle"):
         export(settings, stranger, run_id=trained.run_id)
     assert [p.name for p in stranger.iterdir()] == ["keep.txt"]
+
+
+def test_cli_bench_and_export_refuse_missing_inputs_in_one_line(exported: ExportResult, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from plantdx.cli import app
+    from plantdx.errors import PlantdxError
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", str(exported.bundle), "--checkpoint", str(tmp_path / "none.ckpt")])
+    assert isinstance(r.exception, PlantdxError) and "checkpoint not found" in str(r.exception)
+    r = runner.invoke(app, ["export", "--train-result", str(tmp_path / "none.json"), "-o", str(tmp_path / "b")])
+    assert isinstance(r.exception, PlantdxError) and "cannot read --train-result" in str(r.exception)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    r = runner.invoke(app, ["export", "--train-result", str(tmp_path / "bad.json"), "-o", str(tmp_path / "b")])
+    assert isinstance(r.exception, PlantdxError) and "is not a `plantdx train --result-json` file" in str(r.exception)
+    assert not (tmp_path / "b").exists()

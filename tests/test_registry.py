@@ -95,6 +95,23 @@ def test_nothing_to_promote_or_roll_back(tmp_path: Path) -> None:
     registry = Registry(TrackingConfig(uri=f"sqlite:///{tmp_path / 'empty.db'}", artifact_location=str(tmp_path)))
     with pytest.raises(PromotionRefusedError, match="no challenger"):
         registry.promote()
+    with pytest.raises(PromotionRefusedError, match="no champion to roll back from"):
+        registry.rollback()  # the model is not even registered: a refusal, not an MLflow traceback
+
+
+def test_a_rolled_back_version_is_not_promoted_again_by_a_plain_promote(exported: ExportResult, tmp_path: Path) -> None:
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'reg.db'}", artifact_location=str(tmp_path / "art"))
+    registry = Registry(tracking, GateConfig())
+    registry.register(variant(exported, tmp_path / "v1", 0.90, 0.90))
+    registry.promote()
+    v2 = registry.register(variant(exported, tmp_path / "v2", 0.95, 0.95))
+    registry.promote()
+    assert registry.by_alias(CHAMPION).version == v2.version  # type: ignore[union-attr]
+    assert registry.rollback().version == "1"
+    assert registry.by_alias(CHALLENGER) is None  # v2 was the challenger; it is not any more
+    with pytest.raises(PromotionRefusedError, match="no challenger"):
+        registry.promote()  # would otherwise put v2 straight back: it beats v1
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
 
 
 def _free_port() -> int:

@@ -186,6 +186,11 @@ def train(
     from plantdx.train import train as run_training
 
     settings = _settings(config, set_)
+    if result_json is not None:  # before hours of training, not after
+        try:
+            result_json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlantdxError(f"cannot write --result-json {result_json}: {exc}") from None
     result = run_training(settings, resume=resume)
     if result.test is None:  # a non-zero DDP rank: rank 0 reports
         return
@@ -254,7 +259,12 @@ def export_cmd(
     settings = _settings(config, set_)
     extra: dict[str, Any] = {"export_command": _command("export", config, set_)}
     if train_result is not None:
-        training = json.loads(train_result.read_text())
+        try:
+            training = json.loads(train_result.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlantdxError(f"cannot read --train-result {train_result}: {exc}") from None
+        if not isinstance(training, dict):
+            raise PlantdxError(f"--train-result {train_result} is not a `plantdx train --result-json` file")
         extra["training"] = training
         run_id = run_id or training.get("run_id")
     if sum(x is not None for x in (run_id, checkpoint, version)) != 1:
@@ -365,6 +375,8 @@ def bench(
     from plantdx.inference import default_bundle_path
 
     folder = bundle or default_bundle_path()
+    if checkpoint is not None and not checkpoint.is_file():
+        raise PlantdxError(f"checkpoint not found: {checkpoint}")
     with _progress() as progress:
         task = progress.add_task("benchmarking", total=len(RUNTIMES))
         results = bench_bundle(
@@ -445,6 +457,9 @@ def explain(
         photo = load_rgb(image, int(predictor.spec["resize"]))
     except OSError as exc:
         raise PlantdxError(f"cannot read {image} as an image: {exc}") from None
+    if not predictor.can_explain:
+        architecture = predictor.bundle.card.get("architecture")
+        raise PlantdxError(f"the {architecture} bundle has no class-activation output, so no heat map can be drawn")
     prediction, png = predictor.explain(photo)
     import io
 

@@ -36,7 +36,7 @@ def default_data_root() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)  # --set x=32
 
 
 class DatasetConfig(_Section):
@@ -68,6 +68,8 @@ class DatasetConfig(_Section):
     def _fractions_leave_a_train_split(self) -> DatasetConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        if self.resize_to < self.image_size:
+            raise ValueError(f"resize ({self.resize_to}) is below image_size ({self.image_size}): nothing to crop")
         return self
 
     @property
@@ -99,7 +101,7 @@ class TrainConfig(_Section):
     )
     scheduler: Literal["cosine", "onecycle", "none"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
-    precision: str = "auto"
+    precision: str = Field("auto", description='"auto", or a Lightning precision: "32", "16-mixed", "bf16-mixed"')
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
@@ -273,7 +275,10 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is set to a value and used as a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: {raw!r} is not a YAML value ({exc.__class__.__name__})") from None
     return tree
 
 
@@ -282,6 +287,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if loaded is None:

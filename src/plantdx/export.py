@@ -267,6 +267,9 @@ def single_image_latency(session: Any, example: np.ndarray, runs: int = 200, war
     return LatencyResult(statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))], runs)
 
 
+T_MIN, T_MAX = 0.05, 20.0
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising validation NLL (a 1-D convex problem in log T: golden-section search)."""
 
@@ -274,7 +277,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         p = softmax(logits, float(np.exp(log_t)))
         return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
-    lo, hi = np.log(0.05), np.log(20.0)
+    lo, hi = np.log(T_MIN), np.log(T_MAX)
     ratio = (np.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = nll(a), nll(b)
@@ -288,6 +291,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             b = lo + ratio * (hi - lo)
             fb = nll(b)
     return float(np.exp((lo + hi) / 2))
+
+
+def calibration_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str | None]:
+    """``fit_temperature``, unless the fit ran into its bounds, and then 1 with the reason.
+
+    With no validation error the NLL falls all the way to T = 0.05: logits sharpened 20 times, every answer ~100 %
+    sure, and abstention switched off. That is no calibration, so the logits are then left as they are.
+    """
+    t = fit_temperature(logits, labels)
+    if T_MIN * 1.5 < t < T_MAX / 1.5:  # golden section stops near, not at, a bound
+        return t, None
+    errors = int((logits.argmax(1) != labels).sum())
+    return 1.0, f"the fit ran to its bound T = {t:.3g} ({errors} validation errors); T = 1 kept"
 
 
 def abstain_threshold(
@@ -399,7 +415,7 @@ def _write_bundle(
     val_x, _ = _inputs(root, val_rows, spec)
     val_y = np.array([index[r.label] for r in val_rows])
     val_logits = onnx_logits(session, val_x)
-    temperature = fit_temperature(val_logits, val_y)
+    temperature, temperature_note = calibration_temperature(val_logits, val_y)
     threshold, target_met = abstain_threshold(
         softmax(val_logits, temperature), val_y, cfg.abstain_target_accuracy, cfg.abstain_floor
     )
@@ -415,6 +431,7 @@ def _write_bundle(
         "test_ece_before": test_report.ece,
         "test_ece_after": calibrated_ece,
         "test_abstain_rate": float((softmax(test_logits, temperature).max(1) < threshold).mean()),
+        **({"temperature_note": temperature_note} if temperature_note else {}),
     }
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
 

@@ -260,11 +260,14 @@ class Registry:
         return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
 
     def rollback(self) -> VersionInfo:
-        """Point ``champion`` back at the version it had before the last promotion."""
-        history = self._history()
-        current = self.by_alias(CHAMPION)
+        """Point ``champion`` back at the version it had before the last promotion.
+
+        The rolled-back version loses the ``challenger`` alias too, so a plain ``promote`` does not put it back.
+        """
+        current = self.by_alias(CHAMPION)  # None too when the model is not registered at all
         if current is None:
             raise PromotionRefusedError(f"model {self.name} has no champion to roll back from")
+        history = self._history()
         while history and history[-1] == current.version:
             history.pop()
         if not history:
@@ -273,6 +276,9 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history))
         self.client.set_model_version_tag(self.name, current.version, "rolled_back_at", datetime.now(UTC).isoformat())
+        challenger = self.by_alias(CHALLENGER)
+        if challenger is not None and challenger.version == current.version:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
         return self.get(target)
 
     # -- serving side ----------------------------------------------------------------------------------------------

@@ -109,3 +109,15 @@ def test_non_leaf_photographs_raise_drift_and_are_mostly_abstained_on(scored: di
     assert result.detected and result.summary["confidence_drift"]
     assert abstained > 0.5
     assert clean_abstained < 0.10
+
+
+def test_only_the_newest_model_versions_rows_are_judged(scored: dict[str, Any]) -> None:
+    """After a promotion the window still holds the old model's rows; judged against the new model's reference they
+    would read as drift. Here the old rows are even corrupted photos: the verdict is the clean new rows' alone."""
+    reference = scored["predictor"].bundle.reference
+    old = [{**r, "model_version": "1"} for r in _windows(scored["noised"], 1, seed=3)[0]]
+    new = [{**r, "model_version": "2"} for r in _windows(scored["clean"], 1, seed=4)[0]]
+    assert check_drift(old, reference, MonitorConfig()).detected  # the old rows on their own: drift
+    result = check_drift(old + new, reference, MonitorConfig())
+    assert not result.detected and result.summary["window"]["model_versions"] == ["2"]
+    assert result.summary["window"]["size"] == WINDOW

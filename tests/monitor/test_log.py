@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -88,6 +88,14 @@ def test_rows_round_trip_and_windows(store: PredictionLog) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     ranged = store.window(since=start + timedelta(seconds=2), until=start + timedelta(seconds=5))
     assert [r["request_id"] for r in ranged] == ["r2", "r3", "r4"]
+    # The same instants written in another offset select the same rows (SQLite compares text).
+    plus_two = timezone(timedelta(hours=2))
+    shifted = store.window(
+        since=(start + timedelta(seconds=2)).astimezone(plus_two),
+        until=start.astimezone(plus_two) + timedelta(seconds=5),
+    )
+    assert [r["request_id"] for r in shifted] == ["r2", "r3", "r4"]
+    assert [r["request_id"] for r in store.window(since=datetime(2026, 1, 1, 0, 0, 8))] == ["r8", "r9"]  # naive: UTC
 
 
 def test_labels_replace_and_feed_live_accuracy(store: PredictionLog) -> None:

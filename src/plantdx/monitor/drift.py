@@ -78,10 +78,18 @@ def check_drift(
     *,
     min_window: int | None = None,
 ) -> DriftResult:
-    """Run the report on a window of logged predictions (dicts with the log's columns)."""
+    """Run the report on a window of logged predictions (dicts with the log's columns, oldest first).
+
+    Only the rows of the newest model version count: embeddings, confidences and classes belong to the model that
+    made them, and rows from before a promotion would read as drift against the new model's reference.
+    """
+    newest = rows[-1].get("model_version") if rows else None
+    rows = [r for r in rows if r.get("model_version") == newest]
     need = cfg.min_window if min_window is None else min_window
     if len(rows) < need:
-        raise NotEnoughDataError(f"{len(rows)} logged predictions in the window; a verdict needs at least {need}")
+        raise NotEnoughDataError(
+            f"{len(rows)} logged predictions of model {newest} in the window; a verdict needs at least {need}"
+        )
     ref = reference_frame(reference)
     cur = current_frame(rows, reference)
     numeric = _monitored(ref, cur)

@@ -95,6 +95,11 @@ class LabelledImage:
     data: bytes
 
 
+def _as_utc(value: datetime) -> datetime:
+    """A bound given with any offset, or none (read as UTC), as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything here is UTC."""
     if value is None or value.tzinfo is not None:
@@ -215,10 +220,11 @@ class PredictionLog:
     ) -> list[dict[str, Any]]:
         """Logged predictions, newest ``last`` of them and/or those in [since, until), oldest first."""
         query = sa.select(predictions)
+        # SQLite keeps UTC wall-clock text and would compare a "+02:00" bound as if it were UTC: convert first.
         if since is not None:
-            query = query.where(predictions.c.created_at >= since)
+            query = query.where(predictions.c.created_at >= _as_utc(since))
         if until is not None:
-            query = query.where(predictions.c.created_at < until)
+            query = query.where(predictions.c.created_at < _as_utc(until))
         query = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc())
         if last is not None:
             query = query.limit(last)
