@@ -207,6 +207,12 @@ class MonitorConfig(_Section):
     )
     sample_rate: float = Field(1.0, ge=0, le=1, description="fraction of served predictions written to the log")
     log_queue_size: int = Field(10_000, ge=1, description="predictions buffered for the log writer before dropping")
+    log_queue_mb: float = Field(
+        256.0,
+        gt=0,
+        description="and at most this much memory of them (inputs, kept photos): a stalled log database"
+        " must not take the pod's memory",
+    )
     image_sample_rate: float = Field(
         1.0, ge=0, le=1, description="fraction of logged predictions whose image bytes are held for feedback"
     )

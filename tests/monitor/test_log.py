@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -133,6 +134,25 @@ def test_writer_is_off_the_request_path_and_drops_rather_than_block(tmp_path: Pa
     assert accepted + len(dropped) == 2000 and dropped  # a full queue drops and counts, never waits
     assert store.count() == accepted == writer.written
     assert elapsed < 2.0  # 2000 submits never waited on the database (each is a queue put)
+    writer.close()
+
+
+def test_the_writer_bounds_the_memory_its_queue_holds(tmp_path: Path) -> None:
+    """A stalled database: records pile up, each holding its model input and photo; past the byte bound they drop."""
+    store = PredictionLog(f"sqlite:///{tmp_path}/log.db")
+    dropped: list[int] = []
+    writer = LogWriter(store, max_bytes=1000, on_drop=lambda: dropped.append(1))
+    stall = threading.Event()
+    original = store.write
+    store.write = lambda records: (stall.wait(10), original(records))[1]  # type: ignore[method-assign]
+    heavy = [_record(i) for i in range(6)]
+    for r in heavy:
+        r.held_bytes = 300
+    accepted = [writer.submit(r) for r in heavy]
+    assert accepted == [True, True, True, False, False, False] and len(dropped) == 3  # 3 x 300 <= 1000 < 4 x 300
+    stall.set()
+    assert writer.flush(10) and store.count() == 3
+    assert writer.submit(_record(9)) is True  # written: the bytes are free again
     writer.close()
 
 

@@ -129,6 +129,14 @@ def test_without_batching_the_answers_are_the_same(exported: ExportResult, clean
     for batching in ("true", "false"):
         with TestClient(create_app(serve_settings(exported.bundle, f"serve.batching={batching}"))) as c:
             answers.append(c.post("/v1/predict", files={"file": ("l.jpg", jpeg(seed=5), "image/jpeg")}).json())
+            c.post("/v1/predict?explain=true", files={"file": ("l.jpg", jpeg(seed=5), "image/jpeg")})
+            # Both paths, and the heat-map one, are timed: the dashboards and alerts read this histogram.
+            counted = [
+                float(line.split()[-1])
+                for line in c.get("/metrics").text.splitlines()
+                if line.startswith("plantdx_model_inference_seconds_count")
+            ]
+            assert counted == [2.0], (batching, counted)
     assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-6)
 
 
@@ -143,3 +151,27 @@ def test_page_and_security_headers(client: TestClient) -> None:
     assert (
         "access-control-allow-origin" not in client.get("/v1/model", headers={"Origin": "https://evil.example"}).headers
     )
+
+
+def test_an_unexpected_error_is_a_json_500_that_names_its_request(
+    exported: ExportResult,
+    clean_env: None,  # noqa: ARG001
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from plantdx.inference import Predictor
+
+    with TestClient(create_app(serve_settings(exported.bundle))) as c:
+
+        def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(Predictor, "postprocess", broken)  # a fault injected after the warm-up
+        r = c.post("/v1/predict", files={"file": ("l.jpg", jpeg(), "image/jpeg")}, headers={"X-Request-ID": "bug-1"})
+    assert r.status_code == 500 and r.json() == {
+        "error": {"code": "internal_error", "message": "the service failed; the error is logged"}
+    }
+    assert r.headers["x-request-id"] == "bug-1" and r.headers["x-content-type-options"] == "nosniff"
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    errors = [x for x in logged if x["logger"] == "plantdx.serve" and "bug-1" in x["message"]]
+    assert errors and "RuntimeError: a bug" in errors[0]["exception"]  # the log line names the request

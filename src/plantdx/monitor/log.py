@@ -65,6 +65,7 @@ class PredictionRecord:
     image: bytes | None = None
     content_type: str | None = None
     prepare: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)  # run by the writer thread
+    held_bytes: int = 0  # what the record keeps alive until written (its model input, its photo): the queue's bound
 
     def row(self) -> dict[str, Any]:
         return {
@@ -289,6 +290,7 @@ class LogWriter:
         store: PredictionLog,
         *,
         max_queued: int = 10_000,
+        max_bytes: int = 256 * 2**20,
         batch_size: int = 256,
         linger_s: float = 0.05,
         on_drop: Callable[[], None] | None = None,
@@ -300,25 +302,32 @@ class LogWriter:
         self.linger_s = linger_s
         self.on_drop = on_drop
         self.on_depth = on_depth
+        self.max_bytes = max_bytes
         self.written = 0
         self.failed = 0
         self._pending = 0  # submitted and not yet written (or lost)
+        self._held = 0  # bytes of the queued records
         self._done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="plantdx-predlog", daemon=True)
         self._thread.start()
 
     def submit(self, record: PredictionRecord) -> bool:
         with self._done:
-            self._pending += 1
-        try:
-            self.queue.put_nowait(record)
-            return True
-        except queue.Full:
-            with self._done:
-                self._pending -= 1
-            if self.on_drop is not None:
-                self.on_drop()
-            return False
+            full = self._held + record.held_bytes > self.max_bytes
+            if not full:
+                self._pending += 1
+                self._held += record.held_bytes
+        if not full:
+            try:
+                self.queue.put_nowait(record)
+                return True
+            except queue.Full:
+                with self._done:
+                    self._pending -= 1
+                    self._held -= record.held_bytes
+        if self.on_drop is not None:
+            self.on_drop()
+        return False
 
     def _run(self) -> None:
         while True:
@@ -340,6 +349,7 @@ class LogWriter:
             self._write(batch)
             with self._done:
                 self._pending -= len(batch)
+                self._held -= sum(r.held_bytes for r in batch)
                 self._done.notify_all()
             if self.on_depth is not None:
                 self.on_depth(self.queue.qsize())

@@ -78,6 +78,7 @@ def sampled_record(
         image=data if keep_image else None,
         content_type=content_type,
         prepare=lambda: monitor_row(prediction, x, predictor),
+        held_bytes=x.nbytes + (len(data) if keep_image else 0),
     )
 
 

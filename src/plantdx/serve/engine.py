@@ -7,10 +7,11 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from plantdx.serve.errors import NotReadyError, OverloadedError, ServiceError
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.monitoring import Monitoring
 from plantdx.serve.uploads import decode_upload
+
+T = TypeVar("T")
 
 log = logging.getLogger("plantdx.serve")
 
@@ -119,20 +122,44 @@ class ModelRuntime:
     def predictor(self) -> Predictor:
         return self.model.predictor
 
-    async def logits(self, x: np.ndarray, queue_size: int) -> np.ndarray:
+    async def logits(self, x: np.ndarray, queue_size: int, timeout_s: float) -> np.ndarray:
         if self.batcher is not None:
             return await self.batcher.submit(x)
-        if self.waiting >= queue_size:  # the same bound as the batcher's queue: shed load with a fast 503
+        out = await self.run(self.predictor.forward, x[None], queue_size=queue_size, timeout_s=timeout_s)
+        return np.asarray(out[0])
+
+    async def run(self, fn: Callable[..., T], *args: Any, queue_size: int, timeout_s: float) -> T:
+        """An inference outside the batcher (batching off, or a heat map) under the batcher's rules: the same queue
+        bound (a fast 503), the same deadline (no late answers) and the same inference and queue metrics."""
+        if self.waiting >= queue_size:
             if self.metrics is not None:
                 self.metrics.shed.labels(reason="queue_full").inc()
             raise OverloadedError(f"{self.waiting} requests are waiting for inference; retry shortly")
+        submitted = time.monotonic()
+
+        def timed() -> T:
+            started = time.monotonic()
+            if started - submitted > timeout_s:  # the client has likely given up: do not spend a stream on it
+                if self.metrics is not None:
+                    self.metrics.shed.labels(reason="deadline").inc()
+                raise OverloadedError(f"waited more than {timeout_s * 1000:.0f} ms for inference; retry")
+            try:
+                return fn(*args)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.inference_seconds.observe(time.monotonic() - started)
+
         self.waiting += 1
+        self._publish_depth()
         try:
-            loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.infer_pool, self.predictor.forward, x[None])
+            return await asyncio.get_running_loop().run_in_executor(self.infer_pool, timed)
         finally:
             self.waiting -= 1
-        return np.asarray(out[0])
+            self._publish_depth()
+
+    def _publish_depth(self) -> None:
+        if self.metrics is not None and self.batcher is None:
+            self.metrics.queue_depth.set(self.waiting)
 
 
 class Engine:
@@ -268,10 +295,13 @@ class Engine:
         image, x = await loop.run_in_executor(self.decode_pool, prepare)
         started = time.perf_counter()
         heatmap = None
+        timeout_s = cfg.request_timeout_ms / 1000
         if explain and predictor.can_explain:
-            prediction, heatmap = await loop.run_in_executor(self.infer_pool, predictor.explain, image, top_k)
+            prediction, heatmap = await runtime.run(
+                predictor.explain, image, top_k, queue_size=cfg.queue_size, timeout_s=timeout_s
+            )
         else:
-            logits, embedding = predictor.split((await runtime.logits(x, cfg.queue_size))[None])
+            logits, embedding = predictor.split((await runtime.logits(x, cfg.queue_size, timeout_s))[None])
             prediction = predictor.postprocess(logits, top_k, embedding)[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)

@@ -18,6 +18,7 @@ from plantdx.serve.errors import error_body
 from plantdx.serve.metrics import Metrics
 
 access_log = logging.getLogger("plantdx.access")
+error_log = logging.getLogger("plantdx.serve")
 # Up to 64 characters: a batch item logs as "{id}-{index}", and the log and feedback take ids of up to 80.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ADMITTED = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/jobs"})  # POSTs that read an upload: admission control
@@ -112,9 +113,12 @@ class RequestContextMiddleware:
                     raise HTTPException(413, f"the request body exceeds {self.max_body} bytes")
             return message
 
+        responded = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = message["status"]
                 extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
                 if scope.get("path") in ("/", "/index.html"):
@@ -126,6 +130,14 @@ class RequestContextMiddleware:
             self.in_flight += 1
         try:
             await self.app(scope, limited_receive, send_wrapper)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outermost handler, so the 500 carries the request id and the
+            # security headers, and its log line names the request an operator will be asked about.
+            if responded:
+                raise
+            status = 500
+            error_log.exception(f"unhandled error ({type(exc).__name__}) in request {request_id}")
+            await self._reject(send, request_id, 500, "internal_error", "the service failed; the error is logged")
         finally:
             if admitted:
                 self.in_flight -= 1

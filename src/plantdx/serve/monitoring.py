@@ -54,6 +54,7 @@ class Monitoring:
         self.writer = LogWriter(
             self.store,
             max_queued=self.cfg.log_queue_size,
+            max_bytes=int(self.cfg.log_queue_mb * 2**20),
             on_drop=metrics.log_dropped.inc,
             on_depth=metrics.log_queue.set,
         )

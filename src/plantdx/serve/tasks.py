@@ -114,7 +114,7 @@ def _log_prediction(
 
     if "log" not in _worker_state:  # per worker process: connections and threads do not survive fork()
         store = PredictionLog(cfg.log_url, image_store_bytes=int(cfg.image_store_mb * 2**20))
-        _worker_state["log"] = LogWriter(store, max_queued=cfg.log_queue_size)
+        _worker_state["log"] = LogWriter(store, max_queued=cfg.log_queue_size, max_bytes=int(cfg.log_queue_mb * 2**20))
     data = base64.b64decode(image_b64)
     record = sampled_record(cfg, _RNG, request_id, version, prediction, x, predictor, data, content_type)
     if record is not None:
