@@ -176,3 +176,33 @@ def test_a_repeated_request_id_costs_the_batch_nothing(store: PredictionLog) -> 
     rows = {r["request_id"]: r for r in store.window(last=10)}
     assert set(rows) == {f"r{i}" for i in range(7)} and rows["r0"]["predicted"] == "A"
     assert store.image_bytes() == len(b"jpeg")  # the kept record's photo too
+
+
+def test_flush_waits_for_what_came_before_it_not_for_traffic_after(tmp_path: Path) -> None:
+    """Feedback flushes to find its prediction; under steady traffic the queue is never empty, yet it must return."""
+    store = PredictionLog(f"sqlite:///{tmp_path}/log.db")
+    original = store.write
+    store.write = lambda records: (time.sleep(0.02), original(records))[1]  # type: ignore[method-assign]
+    writer = LogWriter(store, linger_s=0.01)  # each write takes 20 ms: records keep arriving meanwhile
+    writer.submit(_record(0))
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 1
+        while not stop.is_set():
+            writer.submit(_record(i))
+            i += 1
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=traffic)
+    feeder.start()
+    try:
+        time.sleep(0.05)
+        started = time.perf_counter()
+        assert writer.flush(timeout=5.0)  # returns once r0 (and what preceded the call) is written
+        assert time.perf_counter() - started < 2.0
+        assert store.attach_label("r0", "A") is not None
+    finally:
+        stop.set()
+        feeder.join()
+        writer.close()

@@ -305,7 +305,8 @@ class LogWriter:
         self.max_bytes = max_bytes
         self.written = 0
         self.failed = 0
-        self._pending = 0  # submitted and not yet written (or lost)
+        self._accepted = 0  # records taken into the queue so far
+        self._processed = 0  # of those, written (or lost to a failing database), in queue order
         self._held = 0  # bytes of the queued records
         self._done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="plantdx-predlog", daemon=True)
@@ -313,17 +314,17 @@ class LogWriter:
 
     def submit(self, record: PredictionRecord) -> bool:
         with self._done:
-            full = self._held + record.held_bytes > self.max_bytes
-            if not full:
-                self._pending += 1
+            fits = self._held + record.held_bytes <= self.max_bytes
+            if fits:
                 self._held += record.held_bytes
-        if not full:
+        if fits:
             try:
                 self.queue.put_nowait(record)
+                with self._done:
+                    self._accepted += 1
                 return True
             except queue.Full:
                 with self._done:
-                    self._pending -= 1
                     self._held -= record.held_bytes
         if self.on_drop is not None:
             self.on_drop()
@@ -348,7 +349,7 @@ class LogWriter:
                 batch.append(item)
             self._write(batch)
             with self._done:
-                self._pending -= len(batch)
+                self._processed += len(batch)
                 self._held -= sum(r.held_bytes for r in batch)
                 self._done.notify_all()
             if self.on_depth is not None:
@@ -372,9 +373,11 @@ class LogWriter:
             log.warning("prediction log write failed (%d records lost): %s", len(batch), type(exc).__name__)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is written (feedback may arrive right after its prediction)."""
+        """Wait until everything queued before this call is written (feedback may arrive right after its
+        prediction). Records queued meanwhile are not waited for, so under steady traffic this still returns."""
         with self._done:
-            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+            target = self._accepted
+            return self._done.wait_for(lambda: self._processed >= target, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
