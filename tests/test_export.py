@@ -253,3 +253,17 @@ def test_cli_bench_and_export_refuse_missing_inputs_in_one_line(exported: Export
     r = runner.invoke(app, ["export", "--train-result", str(tmp_path / "bad.json"), "-o", str(tmp_path / "b")])
     assert isinstance(r.exception, PlantdxError) and "is not a `plantdx train --result-json` file" in str(r.exception)
     assert not (tmp_path / "b").exists()
+
+
+def test_export_preprocesses_as_the_run_was_trained_not_as_today_s_settings(
+    trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
+) -> None:
+    from plantdx.export import export
+
+    settings, trained = trained_tiny
+    today = settings.model_copy(
+        update={"dataset": settings.dataset.model_copy(update={"interpolation": "area", "resize": 40})}
+    )
+    result = export(today, tmp_path / "bundle", run_id=trained.run_id)
+    spec = json.loads((result.bundle / "preprocess.json").read_text())
+    assert (spec["interpolation"], spec["resize"], spec["crop"]) == (settings.dataset.interpolation, 37, 32)

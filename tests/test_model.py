@@ -219,3 +219,29 @@ def test_a_plantdx_checkpoint_can_warm_start_a_model(tmp_path: Path) -> None:
     expected = source.model.state_dict()
     assert model.state_dict().keys() == expected.keys()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_warm_starting_from_a_model_of_other_classes_keeps_all_but_the_head(tmp_path: Path) -> None:
+    """Fine-tuning a five-class run for seven classes: the body is loaded, the head starts fresh (no traceback)."""
+    source = create_model("plant_cnn", 5, width=0.25)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "five.ckpt")
+    model = create_model("plant_cnn", 7, width=0.25, pretrained=True, pretrained_path=tmp_path / "five.ckpt")
+    body = {k: v for k, v in source.state_dict().items() if not k.startswith("classifier.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
+    assert model.state_dict()["classifier.2.weight"].shape == (7, source.state_dict()["classifier.2.weight"].shape[1])
+
+
+def test_a_torchvision_plantdx_checkpoint_warm_starts_its_own_architecture(tmp_path: Path) -> None:
+    """A plantdx ResNet's head is fc.1.* (dropout + linear): it is loaded after the head is replaced, not refused."""
+    source = create_model("resnet18", 3, dropout=0.2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "r18.ckpt")
+    model = create_model("resnet18", 3, dropout=0.2, pretrained=True, pretrained_path=tmp_path / "r18.ckpt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(ModelError, match="does not fit"):  # a file of another architecture is still refused
+        create_model("resnet18", 3, pretrained=True, pretrained_path=_plant_cnn_file(tmp_path))
+
+
+def _plant_cnn_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cnn.pt"
+    torch.save(create_model("plant_cnn", 3, width=0.25).state_dict(), path)
+    return path

@@ -221,8 +221,7 @@ def evaluate(
         raise PlantdxError(f"split must be train, val or test, not {split!r}")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
     module, manifest, checkpoint = trained.module, trained.manifest, trained.checkpoint
-    dataset_cfg = settings.dataset.model_copy(update={"image_size": int(module.hparams["image_size"])})
-    datamodule = PlantDataModule(dataset_cfg, manifest)
+    datamodule = PlantDataModule(trained.dataset, manifest)
     loader = datamodule.eval_loader(split)  # type: ignore[arg-type]
     with torch.inference_mode():
         logits, labels = predict_logits(module, loader)

@@ -609,6 +609,7 @@ def export(
         if run_id is None:
             raise ExportError(f"version {version} of {settings.tracking.registered_model} has no run to export from")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
+    as_trained = settings.model_copy(update={"dataset": trained.dataset})  # the run's preprocessing, not today's
     return export_bundle(
-        settings, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step
+        as_trained, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step
     )

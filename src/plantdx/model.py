@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from torchmetrics.classification import (
 )
 
 from plantdx.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 PLANT_CNN = "plant_cnn"
 TORCHVISION_MODELS = frozenset(torchvision.models.list_models(module=torchvision.models))
@@ -83,21 +86,35 @@ class PlantCNN(nn.Module):
         return logits
 
 
-def _load_local_weights(model: nn.Module, path: Path, name: str) -> None:
+def _read_local_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict in a weights file or checkpoint, and whether it is a plantdx checkpoint (head replaced)."""
     if not path.is_file():
         raise ModelError(f"pretrained_path {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    if isinstance(state, dict) and state and all(k.startswith("model.") or k.startswith("criterion.") for k in state):
+    if not isinstance(state, dict):
+        raise ModelError(f"pretrained_path {path} holds no state dict")
+    if state and all(k.startswith("model.") or k.startswith("criterion.") for k in state):
         # A plantdx Lightning checkpoint: the network's weights sit under "model."
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise ModelError(
-            f"{path} does not fit {name}: {len(result.missing_keys)} missing keys, e.g. {result.missing_keys[:3]}"
-        )
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}, True
+    return state, False
+
+
+def _load_local_weights(model: nn.Module, path: Path, name: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load what fits. Tensors whose shape differs (a head trained for other classes) keep the model's own
+    initialisation, with a log line; a file that lacks any other of the model's weights is refused."""
+    if state is None:
+        state, _ = _read_local_weights(path)
+    own = model.state_dict()
+    resized = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    if resized:
+        log.info(f"{path}: {len(resized)} tensors of another shape keep {name}'s own initialisation: {resized[:4]}")
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
+    missing = [k for k in result.missing_keys if k not in resized]
+    if missing:
+        raise ModelError(f"{path} does not fit {name}: {len(missing)} missing keys, e.g. {missing[:3]}")
 
 
 def _replace_head(net: nn.Module, name: str, num_classes: int, dropout: float) -> None:
@@ -142,7 +159,13 @@ def _create_torchvision(
     else:
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         if pretrained and pretrained_path is not None:
-            _load_local_weights(model, pretrained_path, name)
+            state, ours = _read_local_weights(pretrained_path)
+            if ours:  # a plantdx run of this model: its head is already ours (e.g. fc.1.*), so replace ours first
+                _replace_head(model, name, num_classes, dropout)
+                _load_local_weights(model, pretrained_path, name, state)
+                loaded: nn.Module = model
+                return loaded
+            _load_local_weights(model, pretrained_path, name, state)
     _replace_head(model, name, num_classes, dropout)
     net: nn.Module = model
     return net

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import MLFlowLogger
 
-from plantdx.config import Settings, TrackingConfig, TrainConfig
+from plantdx.config import DatasetConfig, Settings, TrackingConfig, TrainConfig
 from plantdx.data.datamodule import PlantDataModule
 from plantdx.data.split import Manifest, manifest_for, read_manifest, write_manifest
 from plantdx.data.transforms import preprocess_spec
@@ -220,6 +220,7 @@ class TrainedModel:
     manifest: Manifest
     checkpoint: Path
     run_id: str | None
+    dataset: DatasetConfig  # the settings' dataset, with the preprocessing the model was trained with
 
 
 def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: str | None = None) -> TrainedModel:
@@ -230,6 +231,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
     if (checkpoint is None) == (run_id is None):
         raise PlantdxError("give exactly one of a checkpoint path or an MLflow run id")
     manifest = None
+    trained_preprocess: dict[str, Any] | None = None
     if run_id is not None:
         import mlflow
 
@@ -245,6 +247,8 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         checkpoint = next((p for p in found if p.name == "best.ckpt"), found[0])
         if (folder / "manifest.csv").is_file():
             manifest = read_manifest(folder / "manifest.csv")
+        if (folder / "preprocess.json").is_file():
+            trained_preprocess = json.loads((folder / "preprocess.json").read_text())
     assert checkpoint is not None
     if not checkpoint.is_file():
         raise PlantdxError(f"checkpoint not found: {checkpoint}")
@@ -265,7 +269,14 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
             f"the checkpoint knows {len(module.class_names)} classes and the data has {len(manifest.classes)}; "
             "they must be the same, in the same order"
         )
-    return TrainedModel(module.eval(), manifest, checkpoint, run_id)
+    # Export and evaluation must see images as training did, whatever -c/--set say now: the run's own
+    # preprocess.json decides resize, interpolation and normalisation; a bare checkpoint keeps the settings'.
+    update: dict[str, Any] = {"image_size": int(module.hparams["image_size"])}
+    if trained_preprocess is not None:
+        update |= {k: trained_preprocess[k] for k in ("resize", "interpolation") if k in trained_preprocess}
+        update |= {k: tuple(trained_preprocess[k]) for k in ("mean", "std") if k in trained_preprocess}
+    dataset = DatasetConfig.model_validate(settings.dataset.model_dump() | update)
+    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset)
 
 
 def train(settings: Settings, resume: Path | None = None) -> TrainResult:
