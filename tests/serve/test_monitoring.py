@@ -111,6 +111,8 @@ def test_drift_check_report_and_gauges(monitored: TestClient) -> None:
     assert _metric(monitored, "plantdx_drift_share") == pytest.approx(summary["drift_share"])
     assert _metric(monitored, 'plantdx_drift_feature_score{feature="brightness"}') < 0.05
     assert _metric(monitored, "plantdx_drift_window_size") == 12.0
+    again = monitored.get("/v1/drift?refresh=true").json()  # at once: the last check stands (a check costs CPU)
+    assert again["checked_at"] == body["checked_at"]
 
 
 class _Hook(BaseHTTPRequestHandler):

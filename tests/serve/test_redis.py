@@ -116,3 +116,22 @@ def test_rate_limits_are_shared_by_replicas(exported: ExportResult, redis_url: s
         assert statuses == [200] * 10
         assert a.post("/v1/predict", files=files).status_code == 429
         assert b.post("/v1/predict", files=files).status_code == 429
+
+
+def test_job_ids_live_as_long_as_their_job_and_result(redis_url: str) -> None:
+    """Queued past the TTL, a job is still queued; finished, it lives job_ttl_s after its result is first read, and
+    once the result has gone it is gone (404), never "queued" again. Real Redis, Celery's own result backend."""
+    from plantdx.config import load_settings
+    from plantdx.serve.tasks import CeleryJobs
+
+    settings = load_settings(overrides=[f"serve.redis_url={redis_url}", "serve.job_ttl_s=2"])
+    jobs = CeleryJobs(settings)
+    job = jobs._submit(jpeg(), "image/jpeg", None)  # no worker runs in this test: it stays queued
+    for _ in range(6):  # 3 s of polling, past the 2 s TTL
+        assert jobs._get(job.job_id).status == "queued"  # type: ignore[union-attr]
+        time.sleep(0.5)
+    jobs.app.backend.store_result(job.job_id, {"status": "done", "result": {"prediction": "x"}}, "SUCCESS")
+    done = jobs._get(job.job_id)
+    assert done is not None and done.status == "done" and done.result == {"prediction": "x"}
+    jobs.app.backend.forget(job.job_id)  # the result expires
+    assert jobs._get(job.job_id) is None

@@ -239,6 +239,24 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(small_server: Se
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "too_large", answer
 
 
+def test_a_single_image_route_has_a_single_image_limit(small_server: Server) -> None:
+    """600 kB is within the batch route's 3.2 MB but six files over /v1/predict's one: refused before it is sent."""
+    url = urlsplit(small_server.url)
+    for route in ("/v1/predict", "/v1/jobs"):
+        with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+            sock.sendall(
+                f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                "Content-Length: 600000\r\n\r\n".encode()
+            )
+            answer = b""
+            while b"}}" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and b"exceeds 165536 bytes" in body, (route, answer)
+
+
 def test_a_chunked_body_is_cut_off_at_the_limit(small_server: Server) -> None:
     """No Content-Length to check up front: the body is counted as it arrives and refused once over the limit,
     without waiting for its end (this client sends a little over the limit and never ends the body)."""

@@ -126,7 +126,12 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
             CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     max_body = cfg.max_upload_bytes * cfg.max_batch_images * 4 // 3 + 2**20  # base64 inflates by 4/3
+    one_image = cfg.max_upload_bytes + 2**16  # one file and its multipart framing: refused as it streams in
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=max_body, max_in_flight=cfg.max_in_flight
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=max_body,
+        max_in_flight=cfg.max_in_flight,
+        body_limits={"/v1/predict": one_image, "/v1/jobs": one_image, "/v1/feedback": 2**16},
     )
     return app

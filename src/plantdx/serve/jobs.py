@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from plantdx.serve.errors import OverloadedError, ServiceError
 
 Work = Callable[[bytes, str | None, int | None, str], Awaitable[dict[str, Any]]]  # ..., job id
+OVERLOAD_PATIENCE_S = 60.0
 
 
 @dataclass
@@ -85,7 +86,7 @@ class LocalJobs:
             job, data, content_type, top_k = await self.queue.get()
             job.status = "running"
             try:
-                job.result = await self.work(data, content_type, top_k, job.job_id)
+                job.result = await self._work_patiently(data, content_type, top_k, job.job_id)
                 job.status = "done"
             except ServiceError as exc:
                 job.error = {"code": exc.code, "message": str(exc)}
@@ -97,6 +98,22 @@ class LocalJobs:
             if self.on_finish is not None:
                 self.on_finish(job.status)
             self.queue.task_done()
+
+    async def _work_patiently(
+        self, data: bytes, content_type: str | None, top_k: int | None, job_id: str
+    ) -> dict[str, Any]:
+        """A job was accepted with a 202: when the model is merely busy (the shedding a predict answers with 503),
+        it waits and tries again, for up to ``OVERLOAD_PATIENCE_S``, instead of failing."""
+        deadline = time.monotonic() + OVERLOAD_PATIENCE_S
+        delay = 0.05
+        while True:
+            try:
+                return await self.work(data, content_type, top_k, job_id)
+            except OverloadedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def stop(self, timeout: float) -> None:
         """Finish queued and running jobs within ``timeout`` (graceful shutdown), then stop the workers."""

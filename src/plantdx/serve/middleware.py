@@ -63,11 +63,18 @@ def configure_logging(level: str) -> None:
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, max_in_flight: int | None = None
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        max_in_flight: int | None = None,
+        body_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.body_limits = body_limits or {}  # by path; others get max_body (a batch of base64 images)
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # admitted uploads not yet answered (one event loop: no lock needed)
 
@@ -84,9 +91,10 @@ class RequestContextMiddleware:
         self.metrics.active.inc()
 
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        max_body = self.body_limits.get(scope.get("path", ""), self.max_body)
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
             status = 413
-            await self._reject(send, request_id, 413, "too_large", f"the request body exceeds {self.max_body} bytes")
+            await self._reject(send, request_id, 413, "too_large", f"the request body exceeds {max_body} bytes")
             self._finish(scope, request_id, status, started)
             return
 
@@ -109,8 +117,8 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:  # chunked uploads have no Content-Length to check up front
-                    raise HTTPException(413, f"the request body exceeds {self.max_body} bytes")
+                if received > max_body:  # chunked uploads have no Content-Length to check up front
+                    raise HTTPException(413, f"the request body exceeds {max_body} bytes")
             return message
 
         responded = False

@@ -22,6 +22,7 @@ from plantdx.serve.jobs import Job
 
 TASK = "plantdx.diagnose"
 _KEY = "plantdx:job:{}"
+_FINISHED = b"finished"
 _worker_state: dict[str, Any] = {}
 
 
@@ -170,13 +171,19 @@ class CeleryJobs:
 
     def _get(self, job_id: str) -> Job | None:
         key = _KEY.format(job_id)
-        if not self.redis.exists(key):
+        marker = self.redis.get(key)
+        if marker is None:
             return None
         result = self.app.AsyncResult(job_id)
         state = result.state
-        job = Job(job_id, status={"PENDING": "queued", "RECEIVED": "queued", "RETRY": "queued"}.get(state, "running"))
         if state in ("SUCCESS", "FAILURE"):
-            self.redis.expire(key, self.ttl)  # results live job_ttl_s after they exist, not after submission
+            if marker != _FINISHED:  # results live job_ttl_s after they are first seen, however often polled
+                self.redis.set(key, _FINISHED, ex=self.ttl)
+        elif marker == _FINISHED:
+            return None  # its result has expired: the job is gone, not queued again
+        else:
+            self.redis.expire(key, self.ttl)  # a backlog longer than the TTL must not lose a job still to run
+        job = Job(job_id, status={"PENDING": "queued", "RECEIVED": "queued", "RETRY": "queued"}.get(state, "running"))
         if state == "SUCCESS":
             payload = result.result
             job.status = payload["status"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -39,6 +40,8 @@ def _status(state: DriftState) -> DriftStatus:
     return DriftStatus(status="not_checked", message="no drift check has run yet; add ?refresh=true")
 
 
+REFRESH_COOLDOWN_S = 5.0
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a body that cannot be parsed (e.g. not UTF-8)"},
     404: {"model": ErrorBody, "description": "unknown request id, or no report yet"},
@@ -74,12 +77,19 @@ def create_monitor_router() -> APIRouter:
     async def drift(
         request: Request,
         engine: EngineDep,
-        refresh: Annotated[bool, Query(description="run a check now instead of returning the last one")] = False,
+        refresh: Annotated[
+            bool,
+            Query(
+                description=f"run a check now instead of returning the last one (not within {REFRESH_COOLDOWN_S:.0f}"
+                " s of the last complete check: anyone may call this, and a check costs CPU)"
+            ),
+        ] = False,
     ) -> DriftStatus:
         """The latest drift check of the logged predictions against the model's reference profile."""
         monitoring = _monitoring(request)
         state = monitoring.drift
-        if refresh or (state.summary is None and state.error is None):
+        recent = state.summary is not None and time.time() - (state.checked_at or 0) < REFRESH_COOLDOWN_S
+        if (refresh and not recent) or (state.summary is None and state.error is None):
             state = await monitoring.check(engine.current().predictor.bundle.reference)
         return _status(state)
 
