@@ -119,7 +119,9 @@ def raw_pipeline(bundle: Path, images: list[bytes], streams: int, threads: int, 
     predictor = Predictor(bundle, threads=threads)
 
     def once(data: bytes) -> None:
-        image = decode_upload(data, "image/jpeg", max_bytes=10 * 2**20, max_pixels=40_000_000)
+        image = decode_upload(
+            data, "image/jpeg", max_bytes=10 * 2**20, max_pixels=40_000_000, min_side=int(predictor.spec["resize"])
+        )
         predictor.logits(predictor.preprocess(image)[None])
 
     for data in images[:20]:

@@ -245,3 +245,10 @@ def _plant_cnn_file(tmp_path: Path) -> Path:
     path = tmp_path / "cnn.pt"
     torch.save(create_model("plant_cnn", 3, width=0.25).state_dict(), path)
     return path
+
+
+def test_a_body_of_another_shape_is_refused_not_silently_reinitialised(tmp_path: Path) -> None:
+    path = tmp_path / "wide.pt"
+    torch.save(create_model("plant_cnn", 3, width=0.5).state_dict(), path)
+    with pytest.raises(ModelError, match="tensors of another shape"):
+        create_model("plant_cnn", 3, width=0.25, pretrained=True, pretrained_path=path)

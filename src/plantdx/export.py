@@ -369,9 +369,15 @@ def export_bundle(
         card = _write_bundle(settings, module, manifest, staging, run_id, extra_card, on_step)
         load_bundle(staging)  # what we wrote must pass the same check that serving applies
         previous = out.parent / f".{out.name}.previous-{os.getpid()}"
+        shutil.rmtree(previous, ignore_errors=True)  # left by an earlier process of the same pid
         if out.exists():
             out.rename(previous)
-        staging.rename(out)
+        try:
+            staging.rename(out)
+        except BaseException:
+            if previous.exists():
+                previous.rename(out)  # put the old bundle back
+            raise
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -36,7 +36,7 @@ def decode(img: Image.Image, min_side: int | None = None) -> Image.Image:
     eighth of the memory per side, for a mean difference of half a grey level after the resize to 183 px. Images
     already small enough (the 256 px training photos at the default resize) decode exactly as before.
     """
-    if min_side is not None and img.format == "JPEG":
+    if min_side is not None and img.format in ("JPEG", "MPO"):  # MPO: a phone JPEG with extra pictures
         img.draft("RGB", (min_side, min_side))
     img.load()
     ImageOps.exif_transpose(img, in_place=True)

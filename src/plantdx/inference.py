@@ -17,7 +17,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from plantdx.bundle import Bundle, BundleError, load_bundle
-from plantdx.images import load_rgb, preprocess
+from plantdx.images import load_rgb, preprocess, to_rgb
 from plantdx.ood import ood_scores
 
 
@@ -105,8 +105,8 @@ class Predictor:
             image = load_rgb(io.BytesIO(image), int(self.spec["resize"]))
         elif isinstance(image, Path):
             image = load_rgb(image, int(self.spec["resize"]))
-        elif image.mode != "RGB":
-            image = image.convert("RGB")
+        else:
+            image = to_rgb(image)
         return preprocess(image, self.spec)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -103,14 +103,18 @@ def _read_local_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def _load_local_weights(model: nn.Module, path: Path, name: str, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Load what fits. Tensors whose shape differs (a head trained for other classes) keep the model's own
-    initialisation, with a log line; a file that lacks any other of the model's weights is refused."""
+    """Load the file into ``model``. A classifier head of another shape (trained for other classes) keeps the
+    model's own initialisation, with a log line; any other tensor of another shape, or missing, is refused."""
     if state is None:
         state, _ = _read_local_weights(path)
     own = model.state_dict()
     resized = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    body = [k for k in resized if k.split(".")[0] not in _HEAD_ATTRS]
+    if body:
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in body[:3])
+        raise ModelError(f"{path} does not fit {name}: {len(body)} tensors of another shape, e.g. {shapes}")
     if resized:
-        log.info(f"{path}: {len(resized)} tensors of another shape keep {name}'s own initialisation: {resized[:4]}")
+        log.info(f"{path}: a head of another shape ({resized}) keeps {name}'s own initialisation")
     result = model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
     missing = [k for k in result.missing_keys if k not in resized]
     if missing:

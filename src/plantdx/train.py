@@ -25,8 +25,9 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import MLFlowLogger
+from pydantic import ValidationError
 
-from plantdx.config import DatasetConfig, Settings, TrackingConfig, TrainConfig
+from plantdx.config import DatasetConfig, Settings, TrackingConfig, TrainConfig, describe_validation_error
 from plantdx.data.datamodule import PlantDataModule
 from plantdx.data.split import Manifest, manifest_for, read_manifest, write_manifest
 from plantdx.data.transforms import preprocess_spec
@@ -275,7 +276,12 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
     if trained_preprocess is not None:
         update |= {k: trained_preprocess[k] for k in ("resize", "interpolation") if k in trained_preprocess}
         update |= {k: tuple(trained_preprocess[k]) for k in ("mean", "std") if k in trained_preprocess}
-    dataset = DatasetConfig.model_validate(settings.dataset.model_dump() | update)
+    try:
+        dataset = DatasetConfig.model_validate(settings.dataset.model_dump() | update)
+    except ValidationError as exc:  # e.g. the settings' dataset.resize is below the checkpoint's image size
+        raise PlantdxError(
+            f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
+        ) from None
     return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset)
 
 

@@ -121,3 +121,5 @@ def test_only_the_newest_model_versions_rows_are_judged(scored: dict[str, Any]) 
     result = check_drift(old + new, reference, MonitorConfig())
     assert not result.detected and result.summary["window"]["model_versions"] == ["2"]
     assert result.summary["window"]["size"] == WINDOW
+    older = check_drift(old + new, reference, MonitorConfig(), model_version="1")  # the service names its version
+    assert older.detected and older.summary["window"]["model_versions"] == ["1"]

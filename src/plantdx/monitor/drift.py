@@ -77,13 +77,15 @@ def check_drift(
     cfg: MonitorConfig,
     *,
     min_window: int | None = None,
+    model_version: str | None = None,
 ) -> DriftResult:
     """Run the report on a window of logged predictions (dicts with the log's columns, oldest first).
 
-    Only the rows of the newest model version count: embeddings, confidences and classes belong to the model that
-    made them, and rows from before a promotion would read as drift against the new model's reference.
+    Only one model version's rows count (``model_version``, default: the newest row's): embeddings, confidences
+    and classes belong to the model that made them, and rows from before a promotion would read as drift against
+    the new model's reference.
     """
-    newest = rows[-1].get("model_version") if rows else None
+    newest = model_version if model_version is not None else (rows[-1].get("model_version") if rows else None)
     rows = [r for r in rows if r.get("model_version") == newest]
     need = cfg.min_window if min_window is None else min_window
     if len(rows) < need:

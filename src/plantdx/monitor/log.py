@@ -130,21 +130,23 @@ class PredictionLog:
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
-    def write(self, records: Sequence[PredictionRecord]) -> None:
+    def write(self, records: Sequence[PredictionRecord]) -> int:
+        """Insert the records; returns how many were written."""
         if not records:
-            return
+            return 0
         try:
             self._insert(records)
         except sa.exc.IntegrityError:
-            # A request id already logged (a client retrying with its own X-Request-ID) must not cost the other
-            # records of the batch their rows: one at a time, the first write of an id wins.
+            # A record the database refuses (above all a request id already logged: a client retrying with its own
+            # X-Request-ID) must not cost the others their rows: one at a time, and the first write of an id wins.
             written = []
             for record in records:
                 try:
                     self._insert([record])
                     written.append(record)
-                except sa.exc.IntegrityError:
-                    log.warning(f"prediction log: request id {record.request_id} is already logged; not again")
+                except sa.exc.IntegrityError as exc:
+                    reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+                    log.warning(f"prediction log: record {record.request_id} refused ({reason})")
             records = written
         added = sum(len(r.image) for r in records if r.image is not None)
         if added:
@@ -155,6 +157,7 @@ class PredictionLog:
             if self._image_total > self.image_store_bytes:  # a full scan only when the bound may be crossed
                 self.evict_images()
                 self._image_total = None  # recounted next time: other replicas may write to the same store
+        return len(records)
 
     def _insert(self, records: Sequence[PredictionRecord]) -> None:
         with self.engine.begin() as conn:
@@ -366,8 +369,7 @@ class LogWriter:
                     log.warning("prediction features failed: %s", type(exc).__name__)
                 record.prepare = None
         try:
-            self.store.write(batch)
-            self.written += len(batch)
+            self.written += self.store.write(batch)
         except Exception as exc:  # the log must never take the service down
             self.failed += len(batch)
             log.warning("prediction log write failed (%d records lost): %s", len(batch), type(exc).__name__)

@@ -9,6 +9,7 @@ import logging
 import random
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,18 +108,24 @@ class Monitoring:
 
     # -- drift -----------------------------------------------------------------------------------------------------
 
-    async def check(self, reference: dict[str, Any]) -> DriftState:
-        """One drift check over the last ``window`` logged predictions (in a thread: Evidently takes ~0.2 s)."""
+    async def check(self, reference: dict[str, Any], version: str, *, unless_newer_than_s: float = 0.0) -> DriftState:
+        """One drift check of model ``version``'s last logged predictions against its ``reference`` (in a thread:
+        Evidently takes ~0.2 s). With ``unless_newer_than_s``, a verdict that recent is returned instead: decided
+        under the lock, so a burst of refresh requests runs one check, not one each."""
         async with self._check_lock:
+            last = self.drift
+            if last.summary is not None and time.time() - (last.checked_at or 0) < unless_newer_than_s:
+                return last
             loop = asyncio.get_running_loop()
-            self.drift = await loop.run_in_executor(None, self._check, reference)
+            self.drift = await loop.run_in_executor(None, self._check, reference, version)
             return self.drift
 
-    def _check(self, reference: dict[str, Any]) -> DriftState:
+    def _check(self, reference: dict[str, Any], version: str) -> DriftState:
         from plantdx.monitor.drift import NotEnoughDataError, check_drift
 
         self.writer.flush(timeout=2.0)
-        rows = self.store.window(last=self.cfg.window)
+        # The served model's own rows: after a reload, the old model's would read as drift against this reference.
+        rows = [r for r in self.store.window(last=self.cfg.window) if r["model_version"] == version]
         state = DriftState(checked_at=time.time())
         self.metrics.drift_window.set(len(rows))
         try:
@@ -150,8 +157,9 @@ class Monitoring:
                 post_alert(self.cfg.alert_webhook, {"event": "plantdx.drift_detected", **result.summary})
         return state
 
-    def start(self, reference: Any) -> None:
-        """Periodic checks; ``reference`` is called each time, so a reloaded model is checked against its own."""
+    def start(self, served: Callable[[], tuple[dict[str, Any], str]]) -> None:
+        """Periodic checks; ``served`` gives the serving model's reference and version each time, so a reloaded
+        model is checked against its own."""
         if self.cfg.check_interval_s <= 0:
             return
 
@@ -159,7 +167,7 @@ class Monitoring:
             while True:
                 await asyncio.sleep(self.cfg.check_interval_s)
                 try:
-                    await self.check(reference())
+                    await self.check(*served())
                 except Exception:  # a failed check must not end the loop
                     log.exception("drift check failed")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -88,9 +87,11 @@ def create_monitor_router() -> APIRouter:
         """The latest drift check of the logged predictions against the model's reference profile."""
         monitoring = _monitoring(request)
         state = monitoring.drift
-        recent = state.summary is not None and time.time() - (state.checked_at or 0) < REFRESH_COOLDOWN_S
-        if (refresh and not recent) or (state.summary is None and state.error is None):
-            state = await monitoring.check(engine.current().predictor.bundle.reference)
+        if refresh or (state.summary is None and state.error is None):
+            served = engine.current()
+            state = await monitoring.check(
+                served.predictor.bundle.reference, served.model.version, unless_newer_than_s=REFRESH_COOLDOWN_S
+            )
         return _status(state)
 
     @router.get(
