@@ -360,14 +360,16 @@ CASES.update(
 # POST /v1/feedback takes {"request_id", "label"}: a body it cannot parse is a 400, one it can parse but not accept a
 # 422, a request id it never served a 404.
 _FEEDBACK: dict[str, tuple[Callable[[], dict[str, Any]], int, str]] = {
-    "deep-nesting": (_raw_json(b"[" * 100_000 + b"]" * 100_000), 400, "bad_request"),
-    "deep-object-nesting": (_raw_json(b'{"label":' * 50_000 + b"1" + b"}" * 50_000), 400, "bad_request"),
+    # Within feedback's 64 kB body limit, deep enough to exhaust a recursive parser.
+    "deep-nesting": (_raw_json(b"[" * 30_000 + b"]" * 30_000), 400, "bad_request"),
+    "deep-object-nesting": (_raw_json(b'{"label":' * 6_000 + b"1" + b"}" * 6_000), 400, "bad_request"),
     "invalid-utf8": (_raw_json(b'{"request_id": "\xff\xfe", "label": "x"}'), 400, "bad_request"),
     "not-json": (_raw_json(b'{"request_id": '), 422, "invalid_request"),
     "empty-body": (_raw_json(b""), 422, "invalid_request"),
     "fields-missing": (lambda: {"json": {}}, 422, "invalid_request"),
     "label-not-a-string": (lambda: {"json": {"request_id": "abc", "label": {"$ne": None}}}, 422, "invalid_request"),
-    "label-of-a-megabyte": (lambda: {"json": {"request_id": "abc", "label": "A" * 1_000_000}}, 422, "invalid_request"),
+    "label-of-50-kB": (lambda: {"json": {"request_id": "abc", "label": "A" * 50_000}}, 422, "invalid_request"),
+    "label-of-a-megabyte": (lambda: {"json": {"request_id": "abc", "label": "A" * 1_000_000}}, 413, "too_large"),
     "label-not-a-class": (
         lambda: {"json": {"request_id": "abc", "label": "<script>alert(1)</script>"}},
         422,
