@@ -120,7 +120,7 @@ def raw_pipeline(bundle: Path, images: list[bytes], streams: int, threads: int, 
 
     def once(data: bytes) -> None:
         image = decode_upload(
-            data, "image/jpeg", max_bytes=10 * 2**20, max_pixels=40_000_000, min_side=int(predictor.spec["resize"])
+            data, "image/jpeg", max_bytes=10 * 2**20, max_pixels=40_000_000, min_side=predictor.resize
         )
         predictor.logits(predictor.preprocess(image)[None])
 

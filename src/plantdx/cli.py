@@ -454,7 +454,7 @@ def explain(
         raise PlantdxError(f"image not found: {image}")
     predictor = Predictor(model or default_bundle_path())
     try:
-        photo = load_rgb(image, int(predictor.spec["resize"]))
+        photo = load_rgb(image, predictor.resize)
     except OSError as exc:
         raise PlantdxError(f"cannot read {image} as an image: {exc}") from None
     if not predictor.can_explain:

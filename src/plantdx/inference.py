@@ -100,11 +100,16 @@ class Predictor:
     def input_size(self) -> int:
         return int(self.spec["crop"])
 
+    @property
+    def resize(self) -> int:
+        """The shorter side before the crop: also the ``min_side`` a JPEG may be decoded down to."""
+        return int(self.spec["resize"])
+
     def preprocess(self, image: Image.Image | bytes | Path) -> np.ndarray:
         if isinstance(image, bytes):
-            image = load_rgb(io.BytesIO(image), int(self.spec["resize"]))
+            image = load_rgb(io.BytesIO(image), self.resize)
         elif isinstance(image, Path):
-            image = load_rgb(image, int(self.spec["resize"]))
+            image = load_rgb(image, self.resize)
         else:
             image = to_rgb(image)
         return preprocess(image, self.spec)

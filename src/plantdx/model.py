@@ -149,6 +149,7 @@ def _create_torchvision(
     image_size: int | None,
 ) -> nn.Module:
     kwargs: dict[str, Any] = {}
+    head_replaced = False
     if name.startswith("vit_") and image_size is not None and not pretrained:
         kwargs["image_size"] = image_size
     if pretrained and pretrained_path is None:
@@ -166,11 +167,10 @@ def _create_torchvision(
             state, ours = _read_local_weights(pretrained_path)
             if ours:  # a plantdx run of this model: its head is already ours (e.g. fc.1.*), so replace ours first
                 _replace_head(model, name, num_classes, dropout)
-                _load_local_weights(model, pretrained_path, name, state)
-                loaded: nn.Module = model
-                return loaded
+                head_replaced = True
             _load_local_weights(model, pretrained_path, name, state)
-    _replace_head(model, name, num_classes, dropout)
+    if not head_replaced:
+        _replace_head(model, name, num_classes, dropout)
     net: nn.Module = model
     return net
 

@@ -71,6 +71,11 @@ def _monitored(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
     return [c for c in numeric if current[c].notna().sum() >= 2 and reference[c].notna().sum() >= 2]
 
 
+def of_version(rows: Sequence[dict[str, Any]], version: str | None) -> list[dict[str, Any]]:
+    """The logged rows one model version made: the only ones its reference can judge."""
+    return [r for r in rows if r.get("model_version") == version]
+
+
 def check_drift(
     rows: Sequence[dict[str, Any]],
     reference: dict[str, Any],
@@ -85,12 +90,12 @@ def check_drift(
     and classes belong to the model that made them, and rows from before a promotion would read as drift against
     the new model's reference.
     """
-    newest = model_version if model_version is not None else (rows[-1].get("model_version") if rows else None)
-    rows = [r for r in rows if r.get("model_version") == newest]
+    version = model_version if model_version is not None else (rows[-1].get("model_version") if rows else None)
+    rows = of_version(rows, version)
     need = cfg.min_window if min_window is None else min_window
     if len(rows) < need:
         raise NotEnoughDataError(
-            f"{len(rows)} logged predictions of model {newest} in the window; a verdict needs at least {need}"
+            f"{len(rows)} logged predictions of model {version} in the window; a verdict needs at least {need}"
         )
     ref = reference_frame(reference)
     cur = current_frame(rows, reference)

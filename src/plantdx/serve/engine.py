@@ -288,7 +288,7 @@ class Engine:
                 content_type,
                 max_bytes=cfg.max_upload_bytes,
                 max_pixels=cfg.max_pixels,
-                min_side=int(predictor.spec["resize"]),
+                min_side=predictor.resize,
             )
             return img, predictor.preprocess(img)
 

@@ -92,10 +92,3 @@ def install_error_handlers(app: FastAPI) -> None:
             413: "too_large",
         }.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger("plantdx.serve").exception("unhandled error: %s", type(exc).__name__)
-        return JSONResponse(error_body("internal_error", "the service failed; the error is logged"), status_code=500)

@@ -121,15 +121,15 @@ class Monitoring:
             return self.drift
 
     def _check(self, reference: dict[str, Any], version: str) -> DriftState:
-        from plantdx.monitor.drift import NotEnoughDataError, check_drift
+        from plantdx.monitor.drift import NotEnoughDataError, check_drift, of_version
 
         self.writer.flush(timeout=2.0)
         # The served model's own rows: after a reload, the old model's would read as drift against this reference.
-        rows = [r for r in self.store.window(last=self.cfg.window) if r["model_version"] == version]
+        rows = of_version(self.store.window(last=self.cfg.window), version)
         state = DriftState(checked_at=time.time())
         self.metrics.drift_window.set(len(rows))
         try:
-            result = check_drift(rows, reference, self.cfg)
+            result = check_drift(rows, reference, self.cfg, model_version=version)
         except NotEnoughDataError as exc:
             state.error = str(exc)
             return state

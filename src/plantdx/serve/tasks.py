@@ -82,7 +82,7 @@ def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: i
             content_type,
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
-            min_side=int(model.predictor.spec["resize"]),
+            min_side=model.predictor.resize,
         )
     except ServiceError as exc:
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
