@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from plantdx.images import center_crop, load_rgb, model_view, preprocess, resize_shorter, to_input
+from plantdx.images import BACKGROUND, center_crop, load_rgb, model_view, preprocess, resize_shorter, to_input
 
 
 def test_resize_shorter_keeps_aspect() -> None:
@@ -73,3 +73,30 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_result(tmp_path: 
     assert np.array_equal(
         np.asarray(load_rgb(tmp_path / "small.jpg", 183)), np.asarray(load_rgb(tmp_path / "small.jpg"))
     )
+
+
+def test_transparent_pixels_are_laid_over_the_training_background(tmp_path: Path) -> None:
+    """A cut-out leaf: what lies under its transparent pixels (black here) must not reach the model."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (200, 30, 10, 255)  # opaque leaf on the left
+    rgba[:, 4:6] = (0, 0, 0, 0)  # transparent, storing black
+    rgba[:, 6:] = (0, 0, 0, 128)  # half transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    out = np.asarray(load_rgb(tmp_path / "cut.png")).astype(int)
+    assert (out[:, :4] == (200, 30, 10)).all()
+    assert (out[:, 4:6] == BACKGROUND).all()
+    assert np.abs(out[:, 6:] - np.array(BACKGROUND) * 127 / 255).max() <= 1
+
+    grey = Image.fromarray(np.stack([np.full((4, 4), 90, np.uint8), np.full((4, 4), 0, np.uint8)], -1), "LA")
+    grey.save(tmp_path / "la.png")
+    assert (np.asarray(load_rgb(tmp_path / "la.png")) == BACKGROUND).all()
+
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 200, 0, 0, 0, 0] + [0] * 762)
+    palette.save(tmp_path / "p.png", transparency=1)  # colour 1 (black) is the transparent one
+    assert (np.asarray(load_rgb(tmp_path / "p.png")) == BACKGROUND).all()
+
+    Image.new("RGB", (4, 4), (0, 0, 0)).save(tmp_path / "trns.png", transparency=(0, 0, 0))  # an RGB PNG's tRNS
+    assert (np.asarray(load_rgb(tmp_path / "trns.png")) == BACKGROUND).all()
+    Image.new("RGB", (4, 4), (0, 0, 0)).save(tmp_path / "opaque.png")
+    assert (np.asarray(load_rgb(tmp_path / "opaque.png")) == 0).all()

@@ -43,11 +43,24 @@ def decode(img: Image.Image, min_side: int | None = None) -> Image.Image:
     return to_rgb(img)
 
 
+# The median colour of the border of 400 PlantVillage photos (their background card). A cut-out leaf's transparent
+# pixels are laid over it: PIL's convert would show whatever colour they happen to store, usually black. On the test
+# leaves cut out crudely, the bundled model scored 94.9 % over it, 82.1 % over black and 73.8 % over white
+# (benchmarks/transparent_background.py).
+BACKGROUND = (148, 138, 144)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> RGB. 16- and 32-bit greyscale is scaled to 8 bits first: PIL's convert would clip it to white."""
+    """Any mode -> RGB. 16- and 32-bit greyscale is scaled to 8 bits first: PIL's convert would clip it to white.
+    Transparency (RGBA, LA, a palette's or a PNG's transparent colour) is composited over ``BACKGROUND``."""
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         grey = np.asarray(img, dtype=np.float64) / 257.0
         img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
