@@ -60,3 +60,17 @@ def test_weighted_sampler_draws_the_small_class_more(tiny_dataset: Path) -> None
         counts += torch.bincount(y, minlength=3)
     share = counts / counts.sum()
     assert share[1] > 0.2  # 2 of ~18 training images, drawn about a third of the time
+
+
+def test_a_refit_trains_on_the_validation_images_too(tiny_dataset: Path) -> None:
+    cfg = DatasetConfig(root=tiny_dataset, image_size=32, batch_size=4, num_workers=0, min_images_per_class=3)
+    manifest = manifest_for(cfg)
+    plain = PlantDataModule(cfg, manifest)
+    refit = PlantDataModule(cfg.model_copy(update={"train_on_val": True}), manifest)
+    train, val, test = (manifest.split(s) for s in ("train", "val", "test"))  # type: ignore[arg-type]
+    assert val and {r.path for r in refit.dataset("train").rows} == {r.path for r in train + val}
+    assert [r.path for r in plain.dataset("train").rows] == [r.path for r in train]
+    # Validation and test still feed the same images: only what the model learns from grows.
+    assert [r.path for r in refit.dataset("val").rows] == [r.path for r in val]
+    assert [r.path for r in refit.dataset("test").rows] == [r.path for r in test]
+    assert len(refit.eval_loader("train").dataset) == len(train) + len(val)  # type: ignore[arg-type]

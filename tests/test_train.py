@@ -184,6 +184,35 @@ def test_with_ema_the_best_checkpoint_holds_the_averaged_weights(smoke_settings:
     assert any(not torch.equal(v, raw[k]) for k, v in best["state_dict"].items() if v.is_floating_point())
 
 
+def test_a_refit_keeps_its_last_epoch_and_cannot_be_exported(smoke_settings: Settings, tmp_path: Path) -> None:
+    """``dataset.train_on_val``: validation was trained on, so neither checkpoint choice nor calibration may use it."""
+    from plantdx.export import ExportError, export
+
+    settings = smoke_settings.model_copy(
+        update={
+            "dataset": smoke_settings.dataset.model_copy(update={"train_on_val": True}),
+            "train": smoke_settings.train.model_copy(update={"max_epochs": 2, "output_dir": tmp_path / "refit"}),
+        }
+    )
+    result = train(settings)
+    assert result.best_checkpoint == result.run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)["epoch"] == 1
+    manifest = load_trained(settings, run_id=result.run_id).manifest
+    params = MlflowClient(settings.tracking.uri).get_run(result.run_id).data.params
+    assert params["data.train_images"] == str(len(manifest.split("train")) + len(manifest.split("val")))
+    # Evaluation on the test split (never trained on) works; export refuses, whether named by run or by file,
+    # even with settings that no longer say train_on_val.
+    scored = evaluate(settings, run_id=result.run_id, log_to_mlflow=False, output_dir=tmp_path / "eval")
+    assert scored.report.n == len(manifest.split("test"))
+    with pytest.raises(PlantdxError, match="not be a held-out one"):
+        evaluate(settings, run_id=result.run_id, split="val", log_to_mlflow=False)
+    plain = smoke_settings.model_copy(update={"train": settings.train})
+    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}):
+        with pytest.raises(ExportError, match="validation split too"):
+            export(plain, tmp_path / "bundle", **source)  # type: ignore[arg-type]
+    assert not (tmp_path / "bundle").exists()
+
+
 class _Interrupt(Callback):
     """Stands in for a killed process: fails as the third epoch starts, after two epochs were checkpointed."""
 

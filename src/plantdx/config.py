@@ -63,6 +63,10 @@ class DatasetConfig(_Section):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(1, ge=0)
     cache_images: bool = True
+    train_on_val: bool = Field(
+        False,
+        description="the final refit: train on train+val with a recipe already chosen on val; keeps the last epoch",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_a_train_split(self) -> DatasetConfig:

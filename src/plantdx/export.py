@@ -615,6 +615,12 @@ def export(
         if run_id is None:
             raise ExportError(f"version {version} of {settings.tracking.registered_model} has no run to export from")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
+    if trained.saw_val:
+        raise ExportError(
+            f"{trained.run_id or trained.checkpoint} was trained on the validation split too (dataset.train_on_val): "
+            "the temperature, abstain threshold and out-of-distribution threshold are fitted on validation images, "
+            "which it has seen, so its bundle would be miscalibrated. Evaluate it; export a run trained without them"
+        )
     as_trained = settings.model_copy(update={"dataset": trained.dataset})  # the run's preprocessing, not today's
     return export_bundle(
         as_trained, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step

@@ -222,6 +222,19 @@ class TrainedModel:
     checkpoint: Path
     run_id: str | None
     dataset: DatasetConfig  # the settings' dataset, with the preprocessing the model was trained with
+    saw_val: bool = False  # a refit (dataset.train_on_val): validation images are no longer unseen
+
+
+def _trained_on_val(settings: Settings, checkpoint: Path, run_params: dict[str, str] | None) -> bool:
+    """Whether the run behind a checkpoint trained on its validation split: its MLflow params or run.json say."""
+    if run_params is not None and "dataset.train_on_val" in run_params:
+        return run_params["dataset.train_on_val"] == "True"
+    record = checkpoint.resolve().parent.parent / RUN_FILE
+    if record.is_file():
+        recorded = json.loads(record.read_text()).get("settings", {})
+        if "dataset.train_on_val" in recorded:
+            return bool(recorded["dataset.train_on_val"] == "True")
+    return settings.dataset.train_on_val
 
 
 def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: str | None = None) -> TrainedModel:
@@ -233,6 +246,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError("give exactly one of a checkpoint path or an MLflow run id")
     manifest = None
     trained_preprocess: dict[str, Any] | None = None
+    run_params: dict[str, str] | None = None
     if run_id is not None:
         import mlflow
 
@@ -242,6 +256,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
             raise TrackingError(
                 f"cannot fetch the artifacts of run {run_id} from {settings.tracking.uri}: {exc}"
             ) from None
+        run_params = dict(mlflow.MlflowClient(settings.tracking.uri).get_run(run_id).data.params)
         found = sorted((folder / "checkpoints").glob("*.ckpt"))
         if not found:
             raise TrackingError(f"run {run_id} logged no checkpoint")
@@ -282,7 +297,8 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError(
             f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
         ) from None
-    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset)
+    saw_val = _trained_on_val(settings, checkpoint, run_params)
+    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset, saw_val)
 
 
 def train(settings: Settings, resume: Path | None = None) -> TrainResult:
@@ -372,7 +388,9 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         _log_hyperparams(logger, settings, manifest, n_params, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
 
-    best = Path(checkpoint.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # A refit has seen the validation images, so "best on validation" means nothing: the schedule's end is kept.
+    best = last if settings.dataset.train_on_val else Path(checkpoint.best_model_path or last)
     # The best weights go back into the module that trained: rebuilding it would fetch pretrained weights again
     # and log different hyper-parameters to the same MLflow run (which MLflow refuses).
     state = torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
@@ -412,7 +430,8 @@ def _log_hyperparams(
             "params.trainable": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
             "data.manifest_sha256": manifest.digest,
             "data.images": len(manifest.rows),
-            "data.train_images": len(manifest.split("train")),
+            "data.train_images": len(manifest.split("train"))
+            + (len(manifest.split("val")) if settings.dataset.train_on_val else 0),
             "git.commit": git_commit(),
             "precision.resolved": resolve_precision(settings.train),
         }

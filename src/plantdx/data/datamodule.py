@@ -112,13 +112,20 @@ class PlantDataModule(L.LightningDataModule):
     def dataset(self, split: Split) -> LeafDataset:
         if split not in self.datasets:
             transform = create_train_transform(self.cfg) if split == "train" else create_eval_transform(self.cfg)
-            rows = self.manifest.split(split)
+            rows = self.rows(split)
             if self.cfg.cache_images:
                 self.cache.fill([r.path for r in rows])
             self.datasets[split] = LeafDataset(
                 rows, self.classes, transform, self.cache, use_cache=self.cfg.cache_images
             )
         return self.datasets[split]
+
+    def rows(self, split: Split) -> list[ManifestRow]:
+        """The images a split feeds; a refit (``train_on_val``) trains on the validation images too."""
+        rows = list(self.manifest.split(split))
+        if split == "train" and self.cfg.train_on_val:
+            rows += self.manifest.split("val")
+        return rows
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -158,7 +165,7 @@ class PlantDataModule(L.LightningDataModule):
         """Any split, in manifest order, always with the deterministic eval transform (train included)."""
         if split != "train":
             return self._loader(split, shuffle=False)
-        rows = self.manifest.split("train")
+        rows = self.rows("train")
         dataset = LeafDataset(
             rows, self.classes, create_eval_transform(self.cfg), self.cache, use_cache=self.cfg.cache_images
         )
