@@ -13,9 +13,11 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import SMOKE, TINY_CLASSES, make_leaf, serve_settings
+from plantdx.bundle import load_bundle
 from plantdx.cli import app
 from plantdx.config import Settings
 from plantdx.export import ExportResult
+from plantdx.inference import default_bundle_path
 from plantdx.registry import CHALLENGER, CHAMPION, Registry
 from plantdx.serve import create_app
 from plantdx.train import TrainResult
@@ -70,14 +72,20 @@ def test_feedback_monitor_and_retrain_close_the_loop(
             assert fb.status_code == 200 and fb.json()["image_kept"] is True, fb.text
 
     runner = CliRunner()
-    report = runner.invoke(app, ["monitor", "-c", str(SMOKE), *sum((["--set", o] for o in overrides), [])])
+    settings_args = ["-c", str(SMOKE), *sum((["--set", o] for o in overrides), [])]
+    # The bundled model made none of these predictions: its reference cannot judge them.
+    other = runner.invoke(app, ["monitor", *settings_args])
+    bundled_version = load_bundle(default_bundle_path()).version
+    said = str(other.exception) + other.output
+    assert other.exit_code == 1 and f"0 logged predictions of model {bundled_version}" in said, said
+    report = runner.invoke(app, ["monitor", "--model", str(exported.bundle), *settings_args])
     assert report.exit_code == 0, report.output
     assert "live accuracy" in report.output and "over 13 labelled" in report.output
     summary = json.loads((tmp_path / "reports" / "drift_summary.json").read_text())
     assert summary["window"]["size"] == 13 and summary["labelled"] == 13
     assert (tmp_path / "reports" / "drift_report.html").stat().st_size > 100_000
 
-    result = runner.invoke(app, ["retrain", "-c", str(SMOKE), *sum((["--set", o] for o in overrides), [])])
+    result = runner.invoke(app, ["retrain", *settings_args])
     assert result.exit_code == 0, result.output
     assert "+ 12 feedback photos (skipped: 1 already in the dataset)" in result.output
     versions = {v.version: v for v in registry.versions()}

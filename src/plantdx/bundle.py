@@ -7,6 +7,7 @@ refused before any of it is used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ class Bundle:
     @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def version(self) -> str:
+        """The name its predictions are logged under: the card's version, else one derived from the ONNX file's
+        hash (a registry bundle's folder is its version number; the service names it so)."""
+        digest = hashlib.sha256(str(self.card.get("files", {}).get("model.onnx", "")).encode()).hexdigest()[:8]
+        return str(self.card.get("version") or f"bundle-{digest}")
 
     @property
     def int8_path(self) -> Path | None:

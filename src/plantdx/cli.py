@@ -532,8 +532,9 @@ def worker(
     run_worker(settings, concurrency=concurrency)
 
 
-def _reference_of(settings: Settings, model: str | None) -> dict[str, Any]:
-    """The drift baseline: ``reference.json`` of the given (or served) model."""
+def _baseline_of(settings: Settings, model: str | None) -> tuple[dict[str, Any], str]:
+    """The drift baseline: ``reference.json`` of the given (or served) model, and the version its predictions
+    are logged under (the service's naming), so that only that model's rows are judged against it."""
     from plantdx.bundle import load_bundle
     from plantdx.inference import default_bundle_path
 
@@ -544,8 +545,9 @@ def _reference_of(settings: Settings, model: str | None) -> dict[str, Any]:
         name, _, alias = spec.removeprefix("models:/").partition("@")
         tracking = settings.tracking.model_copy(update={"registered_model": name})
         bundle = Registry(tracking, settings.gate).resolve(alias or "champion", cache_dir=Path(".plantdx") / "bundles")
-        return bundle.reference
-    return load_bundle(Path(spec) if spec else default_bundle_path()).reference
+        return bundle.reference, bundle.path.name
+    bundle = load_bundle(Path(spec) if spec else default_bundle_path())
+    return bundle.reference, bundle.version
 
 
 @app.command()
@@ -556,7 +558,11 @@ def monitor(
     since: Annotated[str | None, typer.Option(help="Window start, ISO time (e.g. 2026-11-27T08:00:00+00:00).")] = None,
     until: Annotated[str | None, typer.Option(help="Window end, ISO time (exclusive).")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Bundle or models:/name@alias whose reference is the baseline.")
+        str | None,
+        typer.Option(
+            help="Bundle or models:/name@alias (default serve.model): its reference is the baseline, and only "
+            "the predictions it made are judged."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the HTML report and JSON summary.")] = None,
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is detected (for cron and CI).")] = False,
@@ -586,7 +592,8 @@ def monitor(
     finally:
         store.close()
     try:
-        result = check_drift(rows, _reference_of(settings, model), cfg)
+        reference, version = _baseline_of(settings, model)
+        result = check_drift(rows, reference, cfg, model_version=version)
     except NotEnoughDataError as exc:
         raise PlantdxError(str(exc)) from None
     folder = out or cfg.report_dir

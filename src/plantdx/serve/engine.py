@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
@@ -42,12 +41,6 @@ class ModelSource:
     alias: str | None
     source: str
     degraded: str | None = None  # why this is not the configured model (e.g. the registry was unreachable)
-
-
-def _bundle_version(predictor: Predictor) -> str:
-    card = predictor.bundle.card
-    digest = hashlib.sha256(str(card.get("files", {}).get("model.onnx", "")).encode()).hexdigest()[:8]
-    return str(card.get("version") or f"bundle-{digest}")
 
 
 def redact(uri: str) -> str:
@@ -90,7 +83,7 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
             )
             log.warning(reason)
             predictor = Predictor(default_bundle_path(), threads=threads, top_k=cfg.top_k, int8=cfg.int8)
-            return ModelSource(predictor, "plantdx", _bundle_version(predictor), None, "bundled", degraded=reason)
+            return ModelSource(predictor, "plantdx", predictor.bundle.version, None, "bundled", degraded=reason)
     path = Path(spec) if spec is not None else default_bundle_path()
     try:
         predictor = Predictor(path, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
@@ -99,7 +92,7 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
     return ModelSource(
         predictor,
         str(predictor.bundle.card.get("name", "plantdx")),
-        _bundle_version(predictor),
+        predictor.bundle.version,
         None,
         str(path) if spec is not None else "bundled",
     )
