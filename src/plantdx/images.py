@@ -36,8 +36,7 @@ def decode(img: Image.Image, min_side: int | None = None) -> Image.Image:
     eighth of the memory per side, for a mean difference of half a grey level after the resize to 183 px. Images
     already small enough (the 256 px training photos at the default resize) decode exactly as before.
     """
-    if min_side is not None and img.format in ("JPEG", "MPO"):  # MPO: a phone JPEG with extra pictures
-        img.draft("RGB", (min_side, min_side))
+    plan_decode(img, min_side)
     img.load()
     ImageOps.exif_transpose(img, in_place=True)
     return to_rgb(img)
@@ -48,6 +47,13 @@ def decode(img: Image.Image, min_side: int | None = None) -> Image.Image:
 # leaves cut out crudely, the bundled model scored 94.9 % over it, 82.1 % over black and 73.8 % over white
 # (benchmarks/transparent_background.py).
 BACKGROUND = (148, 138, 144)
+
+
+def plan_decode(img: Image.Image, min_side: int | None) -> tuple[int, int]:
+    """Choose a JPEG's DCT scale (call it once, before ``load``); returns the size the pixels will decode to."""
+    if min_side is not None and img.format in ("JPEG", "MPO"):  # MPO: a phone JPEG with extra pictures
+        img.draft("RGB", (min_side, min_side))
+    return img.size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

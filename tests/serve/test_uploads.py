@@ -107,6 +107,39 @@ def test_a_large_jpeg_upload_decodes_small_and_upright() -> None:
     assert img.size == (375, 500) and img.mode == "RGB"  # 3000 / 8 x 4000 / 8, turned upright
 
 
+def test_what_an_upload_decodes_to_is_bounded_after_the_jpeg_scale_is_chosen() -> None:
+    """A PNG decodes at full size (a 170 kB PNG of 40 Mpx took 0.5 GB with alpha); a JPEG as large is fine."""
+    limits = {"max_bytes": 10_000_000, "max_pixels": 40_000_000, "max_decoded_pixels": 4_000_000}
+    big = Image.new("RGB", (2400, 2000), (90, 140, 60))  # 4.8 Mpx
+    with pytest.raises(TooLargeError, match="would decode to 2400x2000 pixels; the limit is 4000000"):
+        decode_upload(encoded(big, "PNG"), "image/png", **limits, min_side=183)
+    with pytest.raises(TooLargeError, match="would decode to 2400x2000"):
+        decode_upload(encoded(big, "WEBP"), "image/webp", **limits, min_side=183)
+    with pytest.raises(TooLargeError, match="would decode to 2400x2000"):  # no resize given: full size
+        decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits)
+    img = decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits, min_side=183)
+    assert img.size == (300, 250)  # 1/8 scale, chosen once
+    small = Image.new("RGBA", (2000, 2000), (90, 140, 60, 0))
+    assert decode_upload(encoded(small, "PNG"), "image/png", **limits, min_side=183).size == (2000, 2000)
+
+
+@pytest.mark.slow
+def test_the_decode_budget_answers_413_for_predict_and_for_a_job(
+    exported: ExportResult,
+    clean_env: None,  # noqa: ARG001
+) -> None:
+    settings = serve_settings(exported.bundle, "serve.max_decoded_pixels=1000000")
+    png = encoded(Image.new("RGB", (1250, 1000), (90, 140, 60)), "PNG")
+    big_jpeg = encoded(make_leaf("Crop___Blight", 3).resize((2500, 2000)), "JPEG")  # decodes at a reduced scale
+    with TestClient(create_app(settings)) as c:
+        for route in ("/v1/predict", "/v1/jobs"):
+            r = c.post(route, files={"file": ("a.png", png, "image/png")})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+            assert "would decode to 1250x1000 pixels" in r.json()["error"]["message"]
+            ok = c.post(route, files={"file": ("a.jpg", big_jpeg, "image/jpeg")})
+            assert ok.status_code in (200, 202), ok.text
+
+
 @pytest.mark.slow
 def test_http_errors_are_json_4xx(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001
     settings = serve_settings(exported.bundle, "serve.max_upload_bytes=100000", "serve.max_pixels=1000000")

@@ -281,6 +281,7 @@ class Engine:
                 content_type,
                 max_bytes=cfg.max_upload_bytes,
                 max_pixels=cfg.max_pixels,
+                max_decoded_pixels=cfg.max_decoded_pixels,
                 min_side=predictor.resize,
             )
             return img, predictor.preprocess(img)

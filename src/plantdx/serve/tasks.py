@@ -82,6 +82,7 @@ def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: i
             content_type,
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
+            max_decoded_pixels=cfg.max_decoded_pixels,
             min_side=model.predictor.resize,
         )
     except ServiceError as exc:

@@ -150,6 +150,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         request: Request,
         response: Response,
         jobs: JobsDep,
+        engine: EngineDep,
         settings: SettingsDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
@@ -157,7 +158,17 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
         data = await read_upload(file, settings)
         cfg = settings.serve  # what predict would refuse without decoding, a job is refused now, not queued
-        check_upload(data, file.content_type, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+        # The decoded size depends on the model's resize (a JPEG's scale); before a model is loaded it is left
+        # to the worker, which checks it again.
+        min_side = engine.runtime.predictor.resize if engine.runtime is not None else None
+        check_upload(
+            data,
+            file.content_type,
+            max_bytes=cfg.max_upload_bytes,
+            max_pixels=cfg.max_pixels,
+            max_decoded_pixels=cfg.max_decoded_pixels if min_side is not None else None,
+            min_side=min_side,
+        )
         job = await jobs.submit(data, file.content_type, top_k)
         request.scope.setdefault("state", {})["job_id"] = job.job_id
         return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
