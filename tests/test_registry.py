@@ -162,3 +162,12 @@ def test_registry_round_trip_on_a_live_mlflow_server(
 ) -> None:
     tracking = TrackingConfig(uri=mlflow_server, experiment="plantdx-server-test")
     round_trip(Registry(tracking, GateConfig()), exported, tmp_path)
+
+
+def test_one_rule_reads_a_models_uri() -> None:
+    from plantdx.registry import parse_model_uri
+
+    assert parse_model_uri("models:/plantdx@challenger") == ("plantdx", "challenger")
+    assert parse_model_uri("models:/plantdx/3") == ("plantdx", "3")
+    assert parse_model_uri("models:/plantdx") == ("plantdx", "champion")
+    assert parse_model_uri("models:/plantdx@") == ("plantdx", "champion")

@@ -109,3 +109,14 @@ def test_retrain_without_feedback_says_so(tmp_path: Path, tiny_dataset: Path, cl
     )  # fmt: skip
     assert result.exit_code == 1
     assert "0 usable labelled feedback photos" in str(result.exception) + result.output
+
+
+def test_retrain_refuses_a_refit_before_training(tmp_path: Path, tiny_dataset: Path, clean_env: None) -> None:  # noqa: ARG001
+    result = CliRunner().invoke(
+        app,
+        ["retrain", "-c", str(SMOKE), "--set", f"dataset.root={tiny_dataset}", "--set", "dataset.train_on_val=true",
+         "--set", f"monitor.log_url=sqlite:///{tmp_path}/empty.db", "--set", f"train.output_dir={tmp_path}"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "a refit cannot be calibrated" in str(result.exception) + result.output
+    assert not list(tmp_path.glob("retrain-*"))

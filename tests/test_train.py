@@ -197,6 +197,7 @@ def test_a_refit_keeps_its_last_epoch_and_cannot_be_exported(smoke_settings: Set
     result = train(settings)
     assert result.best_checkpoint == result.run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)["epoch"] == 1
+    assert not (result.run_dir / "checkpoints" / "best.ckpt").exists()  # nothing chose by validation
     manifest = load_trained(settings, run_id=result.run_id).manifest
     params = MlflowClient(settings.tracking.uri).get_run(result.run_id).data.params
     assert params["data.train_images"] == str(len(manifest.split("train")) + len(manifest.split("val")))
@@ -206,8 +207,11 @@ def test_a_refit_keeps_its_last_epoch_and_cannot_be_exported(smoke_settings: Set
     assert scored.report.n == len(manifest.split("test"))
     with pytest.raises(PlantdxError, match="not be a held-out one"):
         evaluate(settings, run_id=result.run_id, split="val", log_to_mlflow=False)
+    fitted = evaluate(settings, run_id=result.run_id, split="train", log_to_mlflow=False, output_dir=tmp_path / "e2")
+    assert fitted.report.n == len(manifest.split("train")) + len(manifest.split("val"))
     plain = smoke_settings.model_copy(update={"train": settings.train})
-    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}):
+    moved = shutil.copy(result.best_checkpoint, tmp_path / "elsewhere.ckpt")  # no run.json beside it: the file says
+    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}, {"checkpoint": moved}):
         with pytest.raises(ExportError, match="validation split too"):
             export(plain, tmp_path / "bundle", **source)  # type: ignore[arg-type]
     assert not (tmp_path / "bundle").exists()

@@ -56,8 +56,8 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        """The name its predictions are logged under: the card's version, else one derived from the ONNX file's
-        hash (a registry bundle's folder is its version number; the service names it so)."""
+        """The name its predictions are logged under when it is served from a folder: the card's version, else one
+        derived from the ONNX file's hash. Served through the registry, its version number is used instead."""
         digest = hashlib.sha256(str(self.card.get("files", {}).get("model.onnx", "")).encode()).hexdigest()[:8]
         return str(self.card.get("version") or f"bundle-{digest}")
 

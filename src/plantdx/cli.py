@@ -540,12 +540,12 @@ def _baseline_of(settings: Settings, model: str | None) -> tuple[dict[str, Any],
 
     spec = model or settings.serve.model
     if spec is not None and spec.startswith("models:/"):
-        from plantdx.registry import Registry
+        from plantdx.registry import Registry, parse_model_uri
 
-        name, _, alias = spec.removeprefix("models:/").partition("@")
+        name, alias = parse_model_uri(spec)
         tracking = settings.tracking.model_copy(update={"registered_model": name})
-        bundle = Registry(tracking, settings.gate).resolve(alias or "champion", cache_dir=Path(".plantdx") / "bundles")
-        return bundle.reference, bundle.path.name
+        bundle = Registry(tracking, settings.gate).resolve(alias, cache_dir=Path(".plantdx") / "bundles")
+        return bundle.reference, bundle.path.name  # the registry version, as the service names it
     bundle = load_bundle(Path(spec) if spec else default_bundle_path())
     return bundle.reference, bundle.version
 

@@ -42,10 +42,10 @@ def decode(img: Image.Image, min_side: int | None = None) -> Image.Image:
     return to_rgb(img)
 
 
-# The median colour of the border of 400 PlantVillage photos (their background card). A cut-out leaf's transparent
-# pixels are laid over it: PIL's convert would show whatever colour they happen to store, usually black. On the test
-# leaves cut out crudely, the bundled model scored 94.9 % over it, 82.1 % over black and 73.8 % over white
-# (benchmarks/transparent_background.py).
+# The median colour of the border of 400 training photos (PlantVillage's background card). A cut-out leaf's
+# transparent pixels are laid over it: PIL's convert would show whatever colour they happen to store, usually black.
+# On test leaves cut out from that card, the bundled model scored 94.9 % over it, 82.1 % over black and 73.8 % over
+# white (benchmarks/transparent_background.py; a best case, since the grey is close to the card that was removed).
 BACKGROUND = (148, 138, 144)
 
 
@@ -62,8 +62,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         grey = np.asarray(img, dtype=np.float64) / 257.0
         img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "PA") or "transparency" in img.info:
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no second copy of a large RGBA PNG
         out = Image.new("RGB", rgba.size, BACKGROUND)
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out

@@ -363,6 +363,8 @@ class PlantClassifier(L.LightningModule):
         warmup_epochs: float = 1.0,
         class_weights: Sequence[float] | None = None,
         data_hash: str | None = None,
+        trained_on_val: bool | None = None,  # a refit, kept in the checkpoint so export refuses it wherever it is
+        # (None: a checkpoint from before this was recorded)
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

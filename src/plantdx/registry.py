@@ -73,6 +73,15 @@ def _known(value: str | None) -> bool:
     return value not in (None, "", "None")
 
 
+def parse_model_uri(spec: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias or version number); the alias
+    defaults to ``champion``. The service and ``plantdx monitor`` read ``serve.model`` through this one rule."""
+    name, _, alias = spec.removeprefix("models:/").partition("@")
+    if not alias and "/" in name:
+        name, alias = name.split("/", 1)
+    return name, alias or CHAMPION
+
+
 def ping(uri: str, timeout: float = 5.0) -> None:
     """Fail within ``timeout`` when an HTTP tracking server does not answer at all.
 

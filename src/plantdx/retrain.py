@@ -86,6 +86,10 @@ def retrain(settings: Settings, *, min_feedback: int = 1) -> RetrainResult:
 
     if settings.monitor.log_url is None:
         raise RetrainError("monitor.log_url is not set: there is no prediction log to read feedback from")
+    if settings.dataset.train_on_val:  # refused now, not after a whole training run, when export would refuse it
+        raise RetrainError(
+            "dataset.train_on_val is set: a refit cannot be calibrated or gated on validation images it has seen"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = (settings.train.output_dir / f"retrain-{stamp}").resolve()
     base = manifest_for(settings.dataset)

@@ -179,19 +179,19 @@ class RunRecord(Callback):
 
 
 def _callbacks(settings: Settings, ckpt_dir: Path) -> tuple[ModelCheckpoint, list[Callback]]:
+    """The checkpoint that will be kept, and every callback. A refit (``dataset.train_on_val``) has trained on the
+    validation images, so nothing may choose or stop by them: it runs its schedule out and keeps the last epoch."""
     cfg = settings.train
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     # last.ckpt after every epoch, for --resume: ``save_last=True`` only copies when a new best is saved, which
     # left a run killed at epoch 69 with a last.ckpt from epoch 41.
     latest = ModelCheckpoint(
         dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    callbacks: list[Callback] = [
-        checkpoint,
-        latest,
-        EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience),
-        LearningRateMonitor(logging_interval="epoch"),
-    ]
+    callbacks: list[Callback] = [latest, LearningRateMonitor(logging_interval="epoch")]
+    checkpoint = latest
+    if not settings.dataset.train_on_val:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+        callbacks += [checkpoint, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience)]
     if cfg.ema_decay is not None:
         # Validation, and so best.ckpt and the exported model, see the averaged weights; last.ckpt keeps both.
         callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
@@ -225,15 +225,18 @@ class TrainedModel:
     saw_val: bool = False  # a refit (dataset.train_on_val): validation images are no longer unseen
 
 
-def _trained_on_val(settings: Settings, checkpoint: Path, run_params: dict[str, str] | None) -> bool:
-    """Whether the run behind a checkpoint trained on its validation split: its MLflow params or run.json say."""
-    if run_params is not None and "dataset.train_on_val" in run_params:
-        return run_params["dataset.train_on_val"] == "True"
+def _trained_on_val(
+    settings: Settings, module: PlantClassifier, checkpoint: Path, run_params: dict[str, str] | None
+) -> bool:
+    """Whether the run behind a checkpoint trained on its validation split. The checkpoint says so (since it was
+    recorded there); else the run's MLflow params or run.json; a run recorded before refits existed was not one."""
+    if module.hparams.get("trained_on_val") is not None:
+        return bool(module.hparams["trained_on_val"])
+    if run_params is not None:
+        return run_params.get("dataset.train_on_val") == "True"
     record = checkpoint.resolve().parent.parent / RUN_FILE
     if record.is_file():
-        recorded = json.loads(record.read_text()).get("settings", {})
-        if "dataset.train_on_val" in recorded:
-            return bool(recorded["dataset.train_on_val"] == "True")
+        return bool(json.loads(record.read_text()).get("settings", {}).get("dataset.train_on_val") == "True")
     return settings.dataset.train_on_val
 
 
@@ -287,7 +290,8 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         )
     # Export and evaluation must see images as training did, whatever -c/--set say now: the run's own
     # preprocess.json decides resize, interpolation and normalisation; a bare checkpoint keeps the settings'.
-    update: dict[str, Any] = {"image_size": int(module.hparams["image_size"])}
+    saw_val = _trained_on_val(settings, module, checkpoint, run_params)
+    update: dict[str, Any] = {"image_size": int(module.hparams["image_size"]), "train_on_val": saw_val}
     if trained_preprocess is not None:
         update |= {k: trained_preprocess[k] for k in ("resize", "interpolation") if k in trained_preprocess}
         update |= {k: tuple(trained_preprocess[k]) for k in ("mean", "std") if k in trained_preprocess}
@@ -297,7 +301,6 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError(
             f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
         ) from None
-    saw_val = _trained_on_val(settings, checkpoint, run_params)
     return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset, saw_val)
 
 
@@ -347,6 +350,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         warmup_epochs=cfg.warmup_epochs,
         class_weights=weights,
         data_hash=manifest.digest,
+        trained_on_val=settings.dataset.train_on_val,
     )
 
     logger = create_logger(settings, run_name, run_id=point.run_id if point else None)

@@ -118,7 +118,7 @@ def test_what_an_upload_decodes_to_is_bounded_after_the_jpeg_scale_is_chosen() -
     with pytest.raises(TooLargeError, match="would decode to 2400x2000"):  # no resize given: full size
         decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits)
     img = decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits, min_side=183)
-    assert img.size == (300, 250)  # 1/8 scale, chosen once
+    assert img.size == (300, 250)  # decoded at 1/8 scale
     small = Image.new("RGBA", (2000, 2000), (90, 140, 60, 0))
     assert decode_upload(encoded(small, "PNG"), "image/png", **limits, min_side=183).size == (2000, 2000)
 

@@ -59,12 +59,9 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
     threads = cfg.threads
     spec = cfg.model
     if spec is not None and spec.startswith("models:/"):
-        from plantdx.registry import Registry, ping
+        from plantdx.registry import Registry, parse_model_uri, ping
 
-        name, _, alias = spec.removeprefix("models:/").partition("@")
-        if not alias and "/" in name:
-            name, alias = name.split("/", 1)
-        alias = alias or "champion"
+        name, alias = parse_model_uri(spec)
         tracking = settings.tracking.model_copy(update={"registered_model": name})
         try:
             ping(settings.tracking.uri)  # seconds, not MLflow's minutes of retries, to know the registry is down

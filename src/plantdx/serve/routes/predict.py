@@ -34,7 +34,7 @@ from plantdx.serve.schemas import (
     JobStatus,
     Prediction,
 )
-from plantdx.serve.uploads import check_upload
+from plantdx.serve.uploads import check_upload, sniff
 
 log = logging.getLogger("plantdx.serve")
 TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
@@ -158,15 +158,16 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
         data = await read_upload(file, settings)
         cfg = settings.serve  # what predict would refuse without decoding, a job is refused now, not queued
-        # The decoded size depends on the model's resize (a JPEG's scale); before a model is loaded it is left
-        # to the worker, which checks it again.
+        # A JPEG's decoded size depends on the model's resize (its DCT scale): before a model is loaded, that one
+        # check is left to the worker, which makes them all again.
         min_side = engine.runtime.predictor.resize if engine.runtime is not None else None
+        known = min_side is not None or sniff(data) != "image/jpeg"
         check_upload(
             data,
             file.content_type,
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
-            max_decoded_pixels=cfg.max_decoded_pixels if min_side is not None else None,
+            max_decoded_pixels=cfg.max_decoded_pixels if known else None,
             min_side=min_side,
         )
         job = await jobs.submit(data, file.content_type, top_k)
