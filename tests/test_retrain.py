@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from conftest import SMOKE, TINY_CLASSES, make_leaf, serve_settings
 from plantdx.bundle import load_bundle
@@ -101,22 +101,21 @@ def test_feedback_monitor_and_retrain_close_the_loop(
     assert all(Path(r["path"]).is_file() for r in feedback)
 
 
+def _retrain_on_an_empty_log(tmp_path: Path, tiny_dataset: Path, *overrides: str) -> Result:
+    """``plantdx retrain`` on the tiny dataset with a prediction log that holds no feedback."""
+    settings = [f"dataset.root={tiny_dataset}", f"monitor.log_url=sqlite:///{tmp_path}/empty.db",
+                f"train.output_dir={tmp_path}", *overrides]  # fmt: skip
+    return CliRunner().invoke(app, ["retrain", "-c", str(SMOKE), *sum((["--set", o] for o in settings), [])])
+
+
 def test_retrain_without_feedback_says_so(tmp_path: Path, tiny_dataset: Path, clean_env: None) -> None:  # noqa: ARG001
-    result = CliRunner().invoke(
-        app,
-        ["retrain", "-c", str(SMOKE), "--set", f"dataset.root={tiny_dataset}", "--set", "dataset.max_per_class=null",
-         "--set", f"monitor.log_url=sqlite:///{tmp_path}/empty.db", "--set", f"train.output_dir={tmp_path}"],
-    )  # fmt: skip
+    result = _retrain_on_an_empty_log(tmp_path, tiny_dataset, "dataset.max_per_class=null")
     assert result.exit_code == 1
     assert "0 usable labelled feedback photos" in str(result.exception) + result.output
 
 
 def test_retrain_refuses_a_refit_before_training(tmp_path: Path, tiny_dataset: Path, clean_env: None) -> None:  # noqa: ARG001
-    result = CliRunner().invoke(
-        app,
-        ["retrain", "-c", str(SMOKE), "--set", f"dataset.root={tiny_dataset}", "--set", "dataset.train_on_val=true",
-         "--set", f"monitor.log_url=sqlite:///{tmp_path}/empty.db", "--set", f"train.output_dir={tmp_path}"],
-    )  # fmt: skip
+    result = _retrain_on_an_empty_log(tmp_path, tiny_dataset, "dataset.train_on_val=true")
     assert result.exit_code == 1
     assert "a refit cannot be calibrated" in str(result.exception) + result.output
     assert not list(tmp_path.glob("retrain-*"))

@@ -220,7 +220,7 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise PlantdxError(f"split must be train, val or test, not {split!r}")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
-    if trained.saw_val and split == "val":
+    if trained.dataset.train_on_val and split == "val":
         raise PlantdxError(
             f"{run_id or checkpoint} was trained on the validation split too (dataset.train_on_val): "
             "its validation score would not be a held-out one; evaluate it on test"

@@ -615,7 +615,7 @@ def export(
         if run_id is None:
             raise ExportError(f"version {version} of {settings.tracking.registered_model} has no run to export from")
     trained = load_trained(settings, checkpoint=checkpoint, run_id=run_id)
-    if trained.saw_val:
+    if trained.dataset.train_on_val:
         raise ExportError(
             f"{trained.run_id or trained.checkpoint} was trained on the validation split too (dataset.train_on_val): "
             "the temperature, abstain threshold and out-of-distribution threshold are fitted on validation images, "

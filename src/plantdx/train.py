@@ -221,8 +221,9 @@ class TrainedModel:
     manifest: Manifest
     checkpoint: Path
     run_id: str | None
-    dataset: DatasetConfig  # the settings' dataset, with the preprocessing the model was trained with
-    saw_val: bool = False  # a refit (dataset.train_on_val): validation images are no longer unseen
+    # The settings' dataset, with the preprocessing the model was trained with and whether it was a refit
+    # (``train_on_val``: its validation images are no longer unseen).
+    dataset: DatasetConfig
 
 
 def _trained_on_val(
@@ -290,8 +291,10 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         )
     # Export and evaluation must see images as training did, whatever -c/--set say now: the run's own
     # preprocess.json decides resize, interpolation and normalisation; a bare checkpoint keeps the settings'.
-    saw_val = _trained_on_val(settings, module, checkpoint, run_params)
-    update: dict[str, Any] = {"image_size": int(module.hparams["image_size"]), "train_on_val": saw_val}
+    update: dict[str, Any] = {
+        "image_size": int(module.hparams["image_size"]),
+        "train_on_val": _trained_on_val(settings, module, checkpoint, run_params),
+    }
     if trained_preprocess is not None:
         update |= {k: trained_preprocess[k] for k in ("resize", "interpolation") if k in trained_preprocess}
         update |= {k: tuple(trained_preprocess[k]) for k in ("mean", "std") if k in trained_preprocess}
@@ -301,7 +304,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError(
             f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
         ) from None
-    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset, saw_val)
+    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset)
 
 
 def train(settings: Settings, resume: Path | None = None) -> TrainResult:
@@ -393,8 +396,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
     trainer.fit(module, datamodule=datamodule, ckpt_path=point.checkpoint if point else None)
 
     last = run_dir / "checkpoints" / "last.ckpt"
-    # A refit has seen the validation images, so "best on validation" means nothing: the schedule's end is kept.
-    best = last if settings.dataset.train_on_val else Path(checkpoint.best_model_path or last)
+    best = Path(checkpoint.best_model_path or last)  # a refit's ``checkpoint`` is the last one (see _callbacks)
     # The best weights go back into the module that trained: rebuilding it would fetch pretrained weights again
     # and log different hyper-parameters to the same MLflow run (which MLflow refuses).
     state = torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
