@@ -100,3 +100,16 @@ def test_transparent_pixels_are_laid_over_the_training_background(tmp_path: Path
     assert (np.asarray(load_rgb(tmp_path / "trns.png")) == BACKGROUND).all()
     Image.new("RGB", (4, 4), (0, 0, 0)).save(tmp_path / "opaque.png")
     assert (np.asarray(load_rgb(tmp_path / "opaque.png")) == 0).all()
+
+
+def test_a_16_bit_grey_png_keeps_its_transparent_value(tmp_path: Path) -> None:
+    """Its tRNS key is a 16-bit grey: scaling to 8 bits must not turn the transparent pixels opaque black."""
+    values = np.full((4, 4), 1028, np.uint16)  # 1028 / 257 = 4
+    values[:, :2] = 0  # the transparent key
+    img = Image.new("I;16", (4, 4))
+    img.frombytes(values.astype("<u2").tobytes())
+    img.save(tmp_path / "grey16.png", transparency=0)
+    out = np.asarray(load_rgb(tmp_path / "grey16.png"))
+    assert (out[:, :2] == BACKGROUND).all() and (out[:, 2:] == 4).all()
+    img.save(tmp_path / "grey16_opaque.png")
+    assert (np.asarray(load_rgb(tmp_path / "grey16_opaque.png"))[:, :2] == 0).all()

@@ -60,8 +60,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode -> RGB. 16- and 32-bit greyscale is scaled to 8 bits first: PIL's convert would clip it to white.
     Transparency (RGBA, LA, a palette's or a PNG's transparent colour) is composited over ``BACKGROUND``."""
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        grey = np.asarray(img, dtype=np.float64) / 257.0
-        img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L")
+        values = np.asarray(img)
+        grey = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+        key = img.info.get("transparency")  # a 16-bit PNG's transparent grey is a 16-bit value
+        if isinstance(key, int):
+            grey.putalpha(Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8), mode="L"))
+        img = grey
     if img.mode in ("RGBA", "LA", "RGBa", "PA") or "transparency" in img.info:
         rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no second copy of a large RGBA PNG
         out = Image.new("RGB", rgba.size, BACKGROUND)
