@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from pydantic import ValidationError
 
 from plantdx.config import DatasetConfig
-from plantdx.data.datamodule import PlantDataModule, class_weights
+from plantdx.data.datamodule import PlantDataModule, class_weights, training_rows
 from plantdx.data.split import manifest_for
 
 
@@ -74,3 +76,30 @@ def test_a_refit_trains_on_the_validation_images_too(tiny_dataset: Path) -> None
     assert [r.path for r in refit.dataset("val").rows] == [r.path for r in val]
     assert [r.path for r in refit.dataset("test").rows] == [r.path for r in test]
     assert len(refit.eval_loader("train").dataset) == len(train) + len(val)  # type: ignore[arg-type]
+
+
+def test_a_learning_curve_learns_from_a_fixed_share_of_each_class(tiny_dataset: Path) -> None:
+    cfg = DatasetConfig(root=tiny_dataset, image_size=32, batch_size=4, num_workers=0, min_images_per_class=3)
+    manifest = manifest_for(cfg)
+    train = manifest.split("train")
+    half = training_rows(cfg.model_copy(update={"train_fraction": 0.5}), manifest)
+    third = training_rows(cfg.model_copy(update={"train_fraction": 0.34}), manifest)
+    for label in manifest.classes:
+        n = sum(r.label == label for r in train)
+        assert sum(r.label == label for r in half) == round(n / 2)  # stratified: every class keeps its share
+    assert {r.path for r in third} < {r.path for r in half} < {r.path for r in train}  # nested, so comparable
+    assert half == training_rows(cfg.model_copy(update={"train_fraction": 0.5}), manifest)  # deterministic
+    assert half != training_rows(cfg.model_copy(update={"train_fraction": 0.5, "seed": 7}), manifest)
+    module = PlantDataModule(cfg.model_copy(update={"train_fraction": 0.5}), manifest)
+    assert [r.path for r in module.dataset("train").rows] == [r.path for r in half]
+    # What the model is judged on does not shrink.
+    for split in ("val", "test"):
+        assert [r.path for r in module.dataset(split).rows] == [r.path for r in manifest.split(split)]  # type: ignore[arg-type]
+    refit_half = training_rows(cfg.model_copy(update={"train_fraction": 0.5, "train_on_val": True}), manifest)
+    assert len(half) < len(refit_half) < len(train) + len(manifest.split("val"))
+
+
+def test_a_train_fraction_outside_0_1_is_refused() -> None:
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValidationError, match="train_fraction"):
+            DatasetConfig(train_fraction=bad)

@@ -67,6 +67,12 @@ class DatasetConfig(_Section):
         False,
         description="the final refit: train on train+val with a recipe already chosen on val; keeps the last epoch",
     )
+    train_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="learn from this share of each class's training images (a learning curve); val and test unchanged",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_a_train_split(self) -> DatasetConfig:

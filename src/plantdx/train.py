@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from pydantic import ValidationError
 
 from plantdx.config import DatasetConfig, Settings, TrackingConfig, TrainConfig, describe_validation_error
-from plantdx.data.datamodule import PlantDataModule
+from plantdx.data.datamodule import PlantDataModule, training_rows
 from plantdx.data.split import Manifest, manifest_for, read_manifest, write_manifest
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError, TrackingError
@@ -436,8 +436,7 @@ def _log_hyperparams(
             "params.trainable": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
             "data.manifest_sha256": manifest.digest,
             "data.images": len(manifest.rows),
-            "data.train_images": len(manifest.split("train"))
-            + (len(manifest.split("val")) if settings.dataset.train_on_val else 0),
+            "data.train_images": len(training_rows(settings.dataset, manifest)),
             "git.commit": git_commit(),
             "precision.resolved": resolve_precision(settings.train),
         }

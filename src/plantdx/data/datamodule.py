@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +97,26 @@ def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def training_rows(cfg: DatasetConfig, manifest: Manifest) -> list[ManifestRow]:
+    """The images a model learns from: the train split, with the validation images too for a refit
+    (``train_on_val``), and only ``train_fraction`` of each class for a learning curve.
+
+    The share is drawn per class in a fixed order (a hash of the seed and the path), so a smaller share is a subset
+    of a larger one and every run with the same settings sees the same images.
+    """
+    rows = manifest.split("train") + (manifest.split("val") if cfg.train_on_val else [])
+    if cfg.train_fraction >= 1.0:
+        return rows
+    kept: list[ManifestRow] = []
+    for label in manifest.classes:
+        of_class = sorted(
+            (r for r in rows if r.label == label),
+            key=lambda r: hashlib.sha256(f"{cfg.seed}:{r.path}".encode()).hexdigest(),
+        )
+        kept += of_class[: max(1, round(cfg.train_fraction * len(of_class)))] if of_class else []
+    return sorted(kept, key=lambda r: r.path)
+
+
 class PlantDataModule(L.LightningDataModule):
     def __init__(self, cfg: DatasetConfig, manifest: Manifest) -> None:
         super().__init__()
@@ -121,11 +142,7 @@ class PlantDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def rows(self, split: Split) -> list[ManifestRow]:
-        """The images a split feeds; a refit (``train_on_val``) trains on the validation images too."""
-        rows = list(self.manifest.split(split))
-        if split == "train" and self.cfg.train_on_val:
-            rows += self.manifest.split("val")
-        return rows
+        return training_rows(self.cfg, self.manifest) if split == "train" else self.manifest.split(split)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
