@@ -63,12 +63,10 @@ def test_feedback_monitor_and_retrain_close_the_loop(
     with TestClient(create_app(served)) as client:
         photos = [(label, _jpeg(label, 50_000 + 10 * i + k)) for k, label in enumerate(TINY_CLASSES) for i in range(4)]
         photos.append((TINY_CLASSES[0], dataset_photo))
-        for n, (label, data) in enumerate(photos):
-            r = client.post(
-                "/v1/predict", files={"file": ("p.jpg", data, "image/jpeg")}, headers={"X-Request-ID": f"g{n}"}
-            )
+        for label, data in photos:
+            r = client.post("/v1/predict", files={"file": ("p.jpg", data, "image/jpeg")})
             assert r.status_code == 200, r.text
-            fb = client.post("/v1/feedback", json={"request_id": f"g{n}", "label": label})
+            fb = client.post("/v1/feedback", json={"request_id": r.json()["request_id"], "label": label})
             assert fb.status_code == 200 and fb.json()["image_kept"] is True, fb.text
 
     runner = CliRunner()

@@ -19,8 +19,14 @@ def test_ten_per_minute_then_429_with_retry_after(exported: ExportResult) -> Non
     settings = serve_settings(exported.bundle, "serve.rate_limit=10/minute", 'serve.api_keys=["team-a"]')
     with TestClient(create_app(settings)) as c:
         files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
-        statuses = [c.post("/v1/predict", files=files).status_code for _ in range(10)]
-        assert statuses == [200] * 10
+        answers = [c.post("/v1/predict", files=files) for _ in range(9)]
+        answers.append(c.post("/v1/jobs", files=files))
+        assert [r.status_code for r in answers] == [200] * 9 + [202]
+        assert all("retry-after" not in r.headers for r in answers)  # slowapi adds one; it means nothing on a success
+        assert answers[0].headers["x-ratelimit-limit"] == "10"
+        # predict, batch and jobs draw on one budget: the other routes are not a fresh one
+        assert c.post("/v1/predict/batch", files={"files": ("a.jpg", jpeg(), "image/jpeg")}).status_code == 429
+        assert c.post("/v1/jobs", files=files).status_code == 429
         over = c.post("/v1/predict", files=files)
         assert over.status_code == 429
         assert over.json()["error"]["code"] == "rate_limited"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +25,12 @@ from plantdx.serve.monitoring import Monitoring
 pytestmark = pytest.mark.slow
 
 
-def _predict(client: TestClient, image: bytes, request_id: str) -> dict[str, Any]:
+def _predict(client: TestClient, image: bytes, client_id: str) -> dict[str, Any]:
     r = client.post(
-        "/v1/predict", files={"file": ("leaf.jpg", image, "image/jpeg")}, headers={"X-Request-ID": request_id}
+        "/v1/predict", files={"file": ("leaf.jpg", image, "image/jpeg")}, headers={"X-Request-ID": client_id}
     )
     assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == client_id != r.json()["request_id"]  # the log key is the service's own
     return dict(r.json())
 
 
@@ -61,7 +63,7 @@ def test_every_prediction_is_logged_with_its_features(monitored: TestClient) -> 
     monitoring: Monitoring = monitored.app.state.monitoring  # type: ignore[attr-defined]
     assert monitoring.writer.flush(5)
     (row,) = monitoring.store.window(last=1)
-    assert row["request_id"] == "req-log-1" and row["predicted"] == body["prediction"]
+    assert row["request_id"] == body["request_id"] and row["predicted"] == body["prediction"]
     assert row["confidence"] == pytest.approx(body["confidence"]) and row["abstained"] == body["abstained"]
     assert row["model_version"] == body["model_version"]
     assert 0 < row["brightness"] < 1 and row["sharpness"] > 0 and row["emb_0"] is not None
@@ -70,25 +72,41 @@ def test_every_prediction_is_logged_with_its_features(monitored: TestClient) -> 
 
 def test_feedback_labels_replaces_and_refuses(monitored: TestClient) -> None:
     body = _predict(monitored, jpeg(seed=4), "req-fb-1")
+    rid = body["request_id"]
     other = next(c for c in body["probabilities"] if c != body["prediction"])
-    r = monitored.post("/v1/feedback", json={"request_id": "req-fb-1", "label": body["prediction"]})
+    r = monitored.post("/v1/feedback", json={"request_id": rid, "label": body["prediction"]})
     assert r.status_code == 200, r.text
     assert r.json() | {} == {
-        "request_id": "req-fb-1", "label": body["prediction"], "predicted": body["prediction"], "correct": True,
+        "request_id": rid, "label": body["prediction"], "predicted": body["prediction"], "correct": True,
         "replaced": False, "previous_label": None, "image_kept": True,
     }  # fmt: skip
     assert _metric(monitored, "plantdx_live_accuracy") == 1.0
-    r = monitored.post("/v1/feedback", json={"request_id": "req-fb-1", "label": other})
+    r = monitored.post("/v1/feedback", json={"request_id": rid, "label": other})
     assert r.status_code == 200 and r.json()["replaced"] is True and r.json()["previous_label"] == body["prediction"]
     assert r.json()["correct"] is False and _metric(monitored, "plantdx_live_accuracy") == 0.0
     assert _metric(monitored, "plantdx_live_labelled") == 1.0  # replaced, not added
 
-    unknown = monitored.post("/v1/feedback", json={"request_id": "never-served", "label": other})
+    unknown = monitored.post("/v1/feedback", json={"request_id": "req-fb-1", "label": other})  # the client's id
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
-    bad = monitored.post("/v1/feedback", json={"request_id": "req-fb-1", "label": "Banana___Moonburn"})
+    bad = monitored.post("/v1/feedback", json={"request_id": rid, "label": "Banana___Moonburn"})
     assert bad.status_code == 422 and "unknown label" in bad.json()["error"]["message"]
     empty = monitored.post("/v1/feedback", json={"request_id": "", "label": other})
     assert empty.status_code == 422
+
+
+def test_a_client_reusing_its_request_id_labels_the_photo_it_means(monitored: TestClient) -> None:
+    """Two photos sent under one X-Request-ID: each answer's request_id names its own photo, so feedback on the
+    second cannot land on the first (and put that photo into the retraining set under the wrong label)."""
+    first = _predict(monitored, jpeg(seed=5), "same-id")
+    second = _predict(monitored, jpeg(seed=6), "same-id")
+    assert first["request_id"] != second["request_id"]
+    monitoring: Monitoring = monitored.app.state.monitoring  # type: ignore[attr-defined]
+    assert monitoring.writer.flush(5)
+    logged = {r["request_id"] for r in monitoring.store.window(last=5)}
+    assert {first["request_id"], second["request_id"]} <= logged  # both photos logged, neither refused
+    label = next(c for c in second["probabilities"] if c != second["prediction"])
+    r = monitored.post("/v1/feedback", json={"request_id": second["request_id"], "label": label})
+    assert r.status_code == 200 and r.json()["predicted"] == second["prediction"] and r.json()["correct"] is False
 
 
 def test_drift_check_report_and_gauges(monitored: TestClient) -> None:
@@ -113,6 +131,19 @@ def test_drift_check_report_and_gauges(monitored: TestClient) -> None:
     assert _metric(monitored, "plantdx_drift_window_size") == 12.0
     again = monitored.get("/v1/drift?refresh=true").json()  # at once: the last check stands (a check costs CPU)
     assert again["checked_at"] == body["checked_at"]
+
+    # A reloaded model with no rows of its own yet: no verdict, so the last model's must not stay on the gauges
+    # (its drift alert would keep firing), and the check still counts as run (the stale-check alert stays quiet).
+    monitoring: Monitoring = monitored.app.state.monitoring  # type: ignore[attr-defined]
+    engine = monitored.app.state.engine  # type: ignore[attr-defined]
+    checked = _metric(monitored, "plantdx_drift_last_check_timestamp_seconds")
+    time.sleep(0.01)
+    state = monitoring._check(engine.current().predictor.bundle.reference, "bundle-reloaded")  # the periodic check
+    assert state.summary is None and "0 logged predictions of model bundle-reloaded" in (state.error or "")
+    assert _metric(monitored, "plantdx_drift_detected") == 0.0
+    assert math.isnan(_metric(monitored, "plantdx_drift_share"))
+    assert "plantdx_drift_feature_score{" not in monitored.get("/metrics").text
+    assert _metric(monitored, "plantdx_drift_last_check_timestamp_seconds") > checked
 
 
 class _Hook(BaseHTTPRequestHandler):

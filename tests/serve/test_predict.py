@@ -8,6 +8,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import jpeg, serve_settings
 from plantdx.export import ExportResult
@@ -16,18 +17,27 @@ from plantdx.serve import create_app
 pytestmark = pytest.mark.slow
 
 
+def _samples(exposition: str) -> dict[str, float]:
+    """Every sample of a /metrics page, keyed by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def test_predict_returns_a_prediction(client: TestClient) -> None:
     r = client.post(
         "/v1/predict", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")}, headers={"X-Request-ID": "abc-1"}
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert r.headers["x-request-id"] == "abc-1" and body["request_id"] == "abc-1"
-    # An id too long to log (batch items add "-index") is replaced, not echoed.
-    long_id = "x" * 65
+    # The client's id is echoed for correlation; the request_id that keys the log and /v1/feedback is the service's.
+    assert r.headers["x-request-id"] == "abc-1" and len(body["request_id"]) == 32 and body["request_id"] != "abc-1"
+    long_id = "x" * 65  # an unsafe id is not echoed: the header carries the service's id
     r = client.post("/v1/predict", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, headers={"X-Request-ID": long_id})
     assert r.status_code == 200 and r.headers["x-request-id"] == r.json()["request_id"] != long_id
-    assert len(r.json()["request_id"]) <= 64
     assert body["prediction"] in body["probabilities"]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert [t["label"] for t in body["top_k"]][0] == body["prediction"] and len(body["top_k"]) == 3
@@ -80,7 +90,13 @@ def test_jobs_round_trip_and_unknown_id(client: TestClient) -> None:
     while (status := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert status["status"] == "done" and status["result"]["prediction"]
+    assert status["status"] == "done" and status["result"]["prediction"] and status["result"]["heatmap"] is None
+    explained = client.post("/v1/jobs?explain=true", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")}).json()
+    deadline = time.monotonic() + 10
+    while (status := client.get(f"/v1/jobs/{explained['job_id']}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert base64.b64decode(status["result"]["heatmap"])[:4] == b"\x89PNG"  # jobs take predict's explain
     # What needs no decoding is refused at the door; a file that only fails to decode fails its job.
     refused = client.post("/v1/jobs", files={"file": ("x.jpg", b"GIF89a....", "image/jpeg")})
     assert refused.status_code == 415 and refused.json()["error"]["code"] == "unsupported_media_type"
@@ -107,21 +123,19 @@ def test_model_info_health_and_metrics(client: TestClient, exported: ExportResul
     assert client.get("/readyz").status_code == 200
     health = client.get("/health").json()
     assert health["status"] in ("ok", "degraded") and health["checks"]["model"]["ok"]
-    client.post("/v1/predict", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")})
-    metrics = client.get("/metrics").text
-    for name in (
-        "plantdx_http_requests_total",
-        "plantdx_model_inference_seconds",
-        "plantdx_batch_size",
-        "plantdx_queue_depth",
-        "plantdx_http_requests_active",
-        "plantdx_predictions_total",
-        "plantdx_prediction_confidence",
-        "plantdx_abstentions_total",
-        "plantdx_model_info",
-    ):
-        assert name in metrics, name
-    assert 'route="/v1/predict",status="200"' in metrics
+    before = _samples(client.get("/metrics").text)
+    answer = client.post("/v1/predict", files={"file": ("leaf.jpg", jpeg(), "image/jpeg")}).json()
+    after = _samples(client.get("/metrics").text)
+    moved = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}  # what one prediction recorded
+    assert moved['plantdx_http_requests_total{method="POST",route="/v1/predict",status="200"}'] == 1
+    assert moved[f'plantdx_predictions_total{{label="{answer["prediction"]}"}}'] == 1
+    for counted in ("plantdx_model_inference_seconds_count", "plantdx_batch_size_count"):
+        assert moved[counted] >= 1, counted  # micro-batching may have run it with others: at least one batch
+    assert moved["plantdx_prediction_confidence_count"] == 1
+    assert moved["plantdx_abstentions_total"] == (1 if answer["abstained"] else 0)
+    assert after["plantdx_http_requests_active"] == 1  # the scrape itself
+    assert after["plantdx_queue_depth"] == 0
+    assert any(k.startswith("plantdx_model_info{") and answer["model_version"] in k for k in after)
 
 
 def test_without_batching_the_answers_are_the_same(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001

@@ -4,6 +4,7 @@ A real `redis-server` (Debian package) on a free loopback port; real `plantdx wo
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -78,7 +79,7 @@ def test_a_job_survives_its_worker_being_killed(
     workers = [start_worker(exported.bundle, redis_url, tmp_path / f"worker{i}.log", log_url) for i in range(2)]
     try:
         with TestClient(create_app(settings)) as c:
-            job_id = c.post("/v1/jobs", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).json()["job_id"]
+            job_id = c.post("/v1/jobs?explain=true", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).json()["job_id"]
             jobs = c.app.state.jobs  # type: ignore[attr-defined]
             wait_for(lambda: jobs.app.AsyncResult(job_id).state == "STARTED", 60, "a worker to start the job")
             victim = jobs.app.AsyncResult(job_id).info["pid"]
@@ -88,6 +89,7 @@ def test_a_job_survives_its_worker_being_killed(
             wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] == "done", 90, "the job on the other worker")
             done = c.get(f"/v1/jobs/{job_id}").json()
             assert done["result"]["prediction"] in ("Crop___Blight", "Crop___Spot", "Crop___healthy")
+            assert base64.b64decode(done["result"]["heatmap"])[:4] == b"\x89PNG"  # the worker explains too
             store = c.app.state.monitoring.store  # type: ignore[attr-defined]
             wait_for(lambda: any(r["request_id"] == job_id for r in store.window(last=5)), 10, "the worker's log row")
             (row,) = [r for r in store.window(last=5) if r["request_id"] == job_id]  # the same log as the API's
@@ -126,7 +128,7 @@ def test_job_ids_live_as_long_as_their_job_and_result(redis_url: str) -> None:
 
     settings = load_settings(overrides=[f"serve.redis_url={redis_url}", "serve.job_ttl_s=2"])
     jobs = CeleryJobs(settings)
-    job = jobs._submit(jpeg(), "image/jpeg", None)  # no worker runs in this test: it stays queued
+    job = jobs._submit(jpeg(), "image/jpeg", None, False)  # no worker runs in this test: it stays queued
     for _ in range(6):  # 3 s of polling, past the 2 s TTL
         assert jobs._get(job.job_id).status == "queued"  # type: ignore[union-attr]
         time.sleep(0.5)

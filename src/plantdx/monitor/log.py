@@ -137,8 +137,8 @@ class PredictionLog:
         try:
             self._insert(records)
         except sa.exc.IntegrityError:
-            # A record the database refuses (above all a request id already logged: a client retrying with its own
-            # X-Request-ID) must not cost the others their rows: one at a time, and the first write of an id wins.
+            # A record the database refuses (above all a request id already logged: a job redelivered to a worker
+            # runs again under its id) must not cost the others their rows: one at a time, and the first write wins.
             written = []
             for record in records:
                 try:

@@ -45,8 +45,10 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
     monitoring = Monitoring(settings, metrics) if settings.monitor.log_url else None
     engine = Engine(settings, metrics, monitoring)
 
-    async def run_job(data: bytes, content_type: str | None, top_k: int | None, job_id: str) -> dict[str, object]:
-        prediction = await diagnose(engine, data, content_type, job_id, top_k=top_k, explain=False)
+    async def run_job(
+        data: bytes, content_type: str | None, top_k: int | None, explain: bool, job_id: str
+    ) -> dict[str, object]:
+        prediction = await diagnose(engine, data, content_type, job_id, top_k=top_k, explain=explain)
         return prediction.model_dump()
 
     jobs: JobBackend

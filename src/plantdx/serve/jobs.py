@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from plantdx.serve.errors import OverloadedError, ServiceError
 
-Work = Callable[[bytes, str | None, int | None, str], Awaitable[dict[str, Any]]]  # ..., job id
+Work = Callable[[bytes, str | None, int | None, bool, str], Awaitable[dict[str, Any]]]  # ..., explain, job id
 OVERLOAD_PATIENCE_S = 60.0
 
 
@@ -38,7 +38,7 @@ class Job:
 
 
 class JobBackend(Protocol):
-    async def submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job: ...
+    async def submit(self, data: bytes, content_type: str | None, top_k: int | None, explain: bool = False) -> Job: ...
 
     async def get(self, job_id: str) -> Job | None: ...
 
@@ -54,7 +54,7 @@ class LocalJobs:
         self.work = work
         self.ttl = ttl_s
         self.jobs: dict[str, Job] = {}
-        self.queue: asyncio.Queue[tuple[Job, bytes, str | None, int | None]] = asyncio.Queue(maxsize=max_queued)
+        self.queue: asyncio.Queue[tuple[Job, bytes, str | None, int | None, bool]] = asyncio.Queue(maxsize=max_queued)
         self.n_workers = workers
         self.tasks: list[asyncio.Task[None]] = []
         self.on_finish = on_finish
@@ -62,11 +62,11 @@ class LocalJobs:
     async def start(self) -> None:
         self.tasks = [asyncio.create_task(self._worker(), name=f"plantdx-job-{i}") for i in range(self.n_workers)]
 
-    async def submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
+    async def submit(self, data: bytes, content_type: str | None, top_k: int | None, explain: bool = False) -> Job:
         self._expire()
         job = Job(uuid.uuid4().hex)
         try:
-            self.queue.put_nowait((job, data, content_type, top_k))
+            self.queue.put_nowait((job, data, content_type, top_k, explain))
         except asyncio.QueueFull:
             raise OverloadedError(f"{self.queue.maxsize} jobs are already waiting; retry later") from None
         self.jobs[job.job_id] = job
@@ -83,10 +83,10 @@ class LocalJobs:
 
     async def _worker(self) -> None:
         while True:
-            job, data, content_type, top_k = await self.queue.get()
+            job, data, content_type, top_k, explain = await self.queue.get()
             job.status = "running"
             try:
-                job.result = await self._work_patiently(data, content_type, top_k, job.job_id)
+                job.result = await self._work_patiently(data, content_type, top_k, explain, job.job_id)
                 job.status = "done"
             except ServiceError as exc:
                 job.error = {"code": exc.code, "message": str(exc)}
@@ -100,7 +100,7 @@ class LocalJobs:
             self.queue.task_done()
 
     async def _work_patiently(
-        self, data: bytes, content_type: str | None, top_k: int | None, job_id: str
+        self, data: bytes, content_type: str | None, top_k: int | None, explain: bool, job_id: str
     ) -> dict[str, Any]:
         """A job was accepted with a 202: when the model is merely busy (the shedding a predict answers with 503),
         it waits and tries again, for up to ``OVERLOAD_PATIENCE_S``, instead of failing."""
@@ -108,7 +108,7 @@ class LocalJobs:
         delay = 0.05
         while True:
             try:
-                return await self.work(data, content_type, top_k, job_id)
+                return await self.work(data, content_type, top_k, explain, job_id)
             except OverloadedError:
                 if time.monotonic() + delay > deadline:
                     raise

@@ -19,7 +19,7 @@ from plantdx.serve.metrics import Metrics
 
 access_log = logging.getLogger("plantdx.access")
 error_log = logging.getLogger("plantdx.serve")
-# Up to 64 characters: a batch item logs as "{id}-{index}", and the log and feedback take ids of up to 80.
+# A client's own X-Request-ID, echoed and logged for correlation; up to 64 safe characters, or it is dropped.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ADMITTED = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/jobs"})  # POSTs that read an upload: admission control
 
@@ -84,8 +84,16 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        # The request id keys the prediction log and /v1/feedback, so the service makes it: a client reusing its
+        # own id for another photo would otherwise attach its label to the first one. The client's id is echoed
+        # in X-Request-ID and logged as client_request_id.
+        request_id = uuid.uuid4().hex
+        client_id = given if _SAFE_ID.match(given) else None
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        if client_id is not None:
+            state["client_request_id"] = client_id
+        echoed = client_id or request_id
         started = time.perf_counter()
         status = 500
         self.metrics.active.inc()
@@ -94,7 +102,7 @@ class RequestContextMiddleware:
         max_body = self.body_limits.get(scope.get("path", ""), self.max_body)
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             status = 413
-            await self._reject(send, request_id, 413, "too_large", f"the request body exceeds {max_body} bytes")
+            await self._reject(send, echoed, 413, "too_large", f"the request body exceeds {max_body} bytes")
             self._finish(scope, request_id, status, started)
             return
 
@@ -106,7 +114,7 @@ class RequestContextMiddleware:
             status = 503
             self.metrics.shed.labels(reason="in_flight").inc()
             message = f"{self.in_flight} requests are being served; retry shortly"
-            await self._reject(send, request_id, 503, "overloaded", message, [(b"retry-after", b"1")])
+            await self._reject(send, echoed, 503, "overloaded", message, [(b"retry-after", b"1")])
             self._finish(scope, request_id, status, started)
             return
 
@@ -128,10 +136,13 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 responded = True
                 status = message["status"]
-                extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
+                extra = [(b"x-request-id", echoed.encode()), *SECURITY_HEADERS]
                 if scope.get("path") in ("/", "/index.html"):
                     extra.append((b"content-security-policy", PAGE_CSP))
-                message["headers"] = [*message.get("headers", []), *extra]
+                own = message.get("headers", [])
+                if status < 400:  # slowapi's rate-limit headers include Retry-After, which means nothing on a success
+                    own = [(k, v) for k, v in own if k.lower() != b"retry-after"]
+                message["headers"] = [*own, *extra]
             await send(message)
 
         if admitted:
@@ -144,8 +155,9 @@ class RequestContextMiddleware:
             if responded:
                 raise
             status = 500
-            error_log.exception(f"unhandled error ({type(exc).__name__}) in request {request_id}")
-            await self._reject(send, request_id, 500, "internal_error", "the service failed; the error is logged")
+            named = request_id + (f" (client id {client_id})" if client_id else "")
+            error_log.exception(f"unhandled error ({type(exc).__name__}) in request {named}")
+            await self._reject(send, echoed, 500, "internal_error", "the service failed; the error is logged")
         finally:
             if admitted:
                 self.in_flight -= 1
@@ -180,7 +192,8 @@ class RequestContextMiddleware:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         # a request refused before routing (admission control) still counts under its route
-        path = getattr(route, "path", None) or (scope["path"] if scope["path"] in ADMITTED else "unmatched")
+        known = scope["path"] in ADMITTED or scope["path"] in self.body_limits
+        path = getattr(route, "path", None) or (scope["path"] if known else "unmatched")
         self.metrics.active.dec()
         self.metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
         self.metrics.latency.labels(route=path).observe(elapsed)
@@ -194,7 +207,7 @@ class RequestContextMiddleware:
             "status": status,
             "latency_ms": round(elapsed * 1000, 2),
         }
-        for key in ("prediction", "confidence", "model_version", "abstained", "job_id"):
+        for key in ("client_request_id", "prediction", "confidence", "model_version", "abstained", "job_id"):
             if key in state:
                 fields[key] = state[key]
         access_log.info("request", extra={"fields": fields})

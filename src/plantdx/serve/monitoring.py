@@ -131,7 +131,13 @@ class Monitoring:
         try:
             result = check_drift(rows, reference, self.cfg, model_version=version)
         except NotEnoughDataError as exc:
+            # No verdict (too few of this model's rows, e.g. just after a reload): the gauges must not keep the
+            # last model's, or its drift alert would go on firing for a model that has not been judged.
             state.error = str(exc)
+            self.metrics.drift_detected.set(0)
+            self.metrics.drift_share.set(float("nan"))
+            self.metrics.drift_score.clear()
+            self.metrics.drift_checked.set(time.time())  # checks are running: the stale-check alert must not fire
             return state
         state.summary = result.summary
         state.report = result.save_html(self.cfg.report_dir / "drift_report.html")
@@ -140,7 +146,7 @@ class Monitoring:
         self.metrics.drift_share.set(result.summary["drift_share"])
         for column, score in result.summary["columns"].items():
             self.metrics.drift_score.labels(feature=column).set(score["p_value"])
-        self.metrics.drift_checked.set(state.checked_at or time.time())
+        self.metrics.drift_checked.set(time.time())
         self.update_live_accuracy()
         if result.detected:
             log.warning(

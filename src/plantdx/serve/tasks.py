@@ -66,7 +66,9 @@ def _predictor() -> Any:
     return _worker_state["predictor"]
 
 
-def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: int | None) -> dict[str, Any]:
+def _diagnose_task(
+    task: Any, image_b64: str, content_type: str | None, top_k: int | None, explain: bool = False
+) -> dict[str, Any]:
     from plantdx.serve.schemas import Prediction
     from plantdx.serve.uploads import decode_upload
 
@@ -89,10 +91,20 @@ def _diagnose_task(task: Any, image_b64: str, content_type: str | None, top_k: i
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
     predictor = model.predictor
     x = predictor.preprocess(image)
-    logits, embedding = predictor.split(predictor.forward(x[None]))
-    prediction = predictor.postprocess(logits, top_k, embedding)[0]
+    heatmap = None
+    if explain and predictor.can_explain:
+        prediction, heatmap = predictor.explain(image, top_k)
+    else:
+        logits, embedding = predictor.split(predictor.forward(x[None]))
+        prediction = predictor.postprocess(logits, top_k, embedding)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
-    result = Prediction.build(prediction, elapsed_ms=elapsed_ms, version=model.version, request_id=task.request.id)
+    result = Prediction.build(
+        prediction,
+        elapsed_ms=elapsed_ms,
+        version=model.version,
+        request_id=task.request.id,
+        heatmap=base64.b64encode(heatmap).decode() if heatmap is not None else None,
+    )
     _log_prediction(settings, task.request.id, model.version, prediction, x, predictor, image_b64, content_type)
     return {"status": "done", "result": result.model_dump()}
 
@@ -164,10 +176,12 @@ class CeleryJobs:
     async def stop(self, timeout: float) -> None:  # noqa: ARG002 - queued jobs stay in Redis for the workers
         return None
 
-    def _submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
+    def _submit(self, data: bytes, content_type: str | None, top_k: int | None, explain: bool) -> Job:
         job = Job(uuid.uuid4().hex)
         self.redis.set(_KEY.format(job.job_id), b"1", ex=self.ttl)
-        self.app.send_task(TASK, args=[base64.b64encode(data).decode(), content_type, top_k], task_id=job.job_id)
+        self.app.send_task(
+            TASK, args=[base64.b64encode(data).decode(), content_type, top_k, explain], task_id=job.job_id
+        )
         return job
 
     def _get(self, job_id: str) -> Job | None:
@@ -195,9 +209,9 @@ class CeleryJobs:
             job.error = {"code": "job_failed", "message": f"{type(result.result).__name__}: {result.result}"}
         return job
 
-    async def submit(self, data: bytes, content_type: str | None, top_k: int | None) -> Job:
+    async def submit(self, data: bytes, content_type: str | None, top_k: int | None, explain: bool = False) -> Job:
         try:
-            return await asyncio.to_thread(self._submit, data, content_type, top_k)
+            return await asyncio.to_thread(self._submit, data, content_type, top_k, explain)
         except Exception as exc:
             raise JobsUnavailableError(f"the job queue (Redis) is unavailable: {type(exc).__name__}") from None
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from slowapi import Limiter
 from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException
 
 from plantdx.config import Settings
 from plantdx.serve.deps import EngineDep, JobsDep, RequestIdDep, SettingsDep
@@ -78,7 +79,8 @@ def _remember(request: Request, p: Prediction) -> None:
 
 def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["diagnosis"], responses=ERRORS)
-    limit = limiter.limit(rate_limit)
+    # One budget for the three routes that diagnose (a batch counts once): per route, a client would get three.
+    limit = limiter.shared_limit(rate_limit, scope="diagnosis")
 
     @router.post("/predict", response_model=Prediction)
     @limit
@@ -93,6 +95,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         explain: ExplainQuery = False,
     ) -> Prediction:
         """Diagnose one leaf photo."""
+        await refuse_extra_files(request)
         data = await read_upload(file, settings)  # an oversized upload is refused before it is read into memory
         result = await diagnose(engine, data, file.content_type, request_id, top_k=top_k, explain=explain)
         _remember(request, result)
@@ -154,8 +157,10 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         settings: SettingsDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
+        explain: ExplainQuery = False,
     ) -> JobCreated:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
+        await refuse_extra_files(request)
         data = await read_upload(file, settings)
         cfg = settings.serve  # what predict would refuse without decoding, a job is refused now, not queued
         # A JPEG's decoded size depends on the model's resize (its DCT scale): before a model is loaded, that one
@@ -170,7 +175,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
             max_decoded_pixels=cfg.max_decoded_pixels if known else None,
             min_side=min_side,
         )
-        job = await jobs.submit(data, file.content_type, top_k)
+        job = await jobs.submit(data, file.content_type, top_k, explain)
         request.scope.setdefault("state", {})["job_id"] = job.job_id
         return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
 
@@ -190,6 +195,13 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     return router
 
 
+async def refuse_extra_files(request: Request) -> None:
+    """FastAPI binds the last of several ``file`` parts: the others would be dropped without a word."""
+    parts = (await request.form()).getlist("file")  # the form FastAPI already parsed (Starlette caches it)
+    if len(parts) > 1:
+        raise InvalidRequestError(f"{len(parts)} 'file' parts; send one photo, or use /v1/predict/batch for several")
+
+
 async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     """The upload's bytes, refusing an oversized file by its size before reading it into memory."""
     limit = settings.serve.max_upload_bytes
@@ -206,15 +218,22 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
         # health probes and other requests are answered meanwhile.
         return await asyncio.to_thread(_decode_json_batch, body, limit)
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-        files = [f for f in form.getlist("files") if isinstance(f, StarletteUpload)]
-        if not files:
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+        except HTTPException as exc:  # Starlette's answer to a parser error; over its part limits is ours to word
+            if exc.status_code == 400 and str(exc.detail).startswith("Too many"):
+                raise InvalidRequestError(f"{exc.detail} Send at most {limit} images per batch.") from None
+            raise
+        parts = form.getlist("files")
+        if not parts:
             raise InvalidRequestError("no 'files' parts in the multipart body")
-        if len(files) > limit:
-            raise InvalidRequestError(f"{len(files)} images; send at most {limit} per batch")
+        if len(parts) > limit:
+            raise InvalidRequestError(f"{len(parts)} images; send at most {limit} per batch")
         out_files: list[tuple[bytes, str | None] | ServiceError] = []
-        for f in files:
-            if f.size is not None and f.size > max_bytes:
+        for f in parts:  # a part without a filename is a text field: it answers as itself, so indexes stay true
+            if not isinstance(f, StarletteUpload):
+                out_files.append(InvalidRequestError("this 'files' part is a text field, not a file"))
+            elif f.size is not None and f.size > max_bytes:
                 out_files.append(TooLargeError(f"the file is {f.size} bytes; the limit is {max_bytes}"))
             else:
                 out_files.append((await f.read(), f.content_type))
@@ -230,7 +249,7 @@ __all__ = ["create_predict_router", "diagnose"]
 def _decode_json_batch(body: bytes, limit: int) -> list[tuple[bytes, str | None] | ServiceError]:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, a 5,000-digit number
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
     try:
         batch = BatchRequest.model_validate(payload)
