@@ -137,7 +137,7 @@ class ExportConfig(_Section):
     int8_min_speedup: float = Field(1.3, gt=0, description="keep INT8 only when at least this much faster")
     int8_max_accuracy_drop: float = Field(0.5, ge=0, description="... and losing at most this many points")
     torchscript: bool = True
-    reference_images: int = Field(600, ge=10, description="training images in the drift reference profile")
+    reference_images: int = Field(600, ge=10, description="validation images in the drift reference profile")
     abstain_target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy above the abstain threshold")
     abstain_floor: float = Field(0.3, ge=0, lt=1, description="the abstain threshold is never lower than this")
     ood_quantile: float | None = Field(

@@ -193,6 +193,9 @@ def test_secrets_are_referenced_never_written(target: str) -> None:
         env = {e["name"]: e for e in c.get("env", [])}
         assert "value" not in env["PLANTDX_SERVE__REDIS_URL"], owner
         assert env["PLANTDX_SERVE__REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "plantdx-secrets"
+        # The API and the job workers write one prediction log, or jobs would escape drift checks and feedback.
+        log_url = env["PLANTDX_MONITOR__LOG_URL"]["valueFrom"]["secretKeyRef"]
+        assert log_url == {"name": "plantdx-secrets", "key": "monitor-log-url", "optional": True}, owner
     api = dict(containers(target))["plantdx-api"]
     token = {e["name"]: e for e in api["env"]}["PLANTDX_ADMIN_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "plantdx-secrets", "key": "admin-token"}

@@ -1,5 +1,5 @@
-"""Monitoring: the drift reference profile (``profile``), the prediction log (``log``), Evidently drift reports
-(``drift``) and alert hooks (``alerts``).
+"""Monitoring: the drift reference profile (``profile``), the prediction log (``log``) and Evidently drift reports
+(``drift``); the service's periodic checks and alert webhook live in ``plantdx.serve.monitoring``.
 
 ``profile`` is numpy only and is imported by export; the rest needs the serve extra (SQLAlchemy, Evidently).
 """

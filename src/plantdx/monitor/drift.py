@@ -23,7 +23,6 @@ from evidently import DataDefinition, Dataset, Report  # noqa: E402
 from evidently.presets import DataDriftPreset  # noqa: E402
 
 from plantdx.config import MonitorConfig  # noqa: E402
-from plantdx.monitor.profile import project_embeddings  # noqa: E402
 
 PREDICTED = "predicted"
 CONFIDENCE = "confidence"
@@ -179,25 +178,3 @@ def _summarise(
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def rows_from_features(
-    features: Sequence[dict[str, float]],
-    probabilities: np.ndarray,
-    classes: Sequence[str],
-    embeddings: np.ndarray | None,
-    reference: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Log-shaped rows for images scored offline (tests, ``plantdx monitor --images``)."""
-    projected = None
-    if embeddings is not None and reference.get("embedding"):
-        projected = project_embeddings(embeddings, reference["embedding"])
-    out = []
-    for i, feats in enumerate(features):
-        row: dict[str, Any] = dict(feats)
-        if projected is not None:
-            row.update({f"emb_{j}": float(v) for j, v in enumerate(projected[i])})
-        row[CONFIDENCE] = float(probabilities[i].max())
-        row[PREDICTED] = classes[int(probabilities[i].argmax())]
-        out.append(row)
-    return out

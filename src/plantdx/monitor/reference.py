@@ -1,7 +1,7 @@
 """Scoring images into monitor rows with a bundle alone (no torch), and rebuilding a bundle's reference profile.
 
-The service, ``plantdx monitor --images`` and the drift tests all go through ``score_images`` so their rows are
-made the same way as the reference's.
+The service's log rows (``monitor_row``) and the real-image drift tests (``score_images``) are made the same way as
+the reference's.
 """
 
 from __future__ import annotations
