@@ -41,7 +41,8 @@ def round_trip(registry: Registry, exported: ExportResult, tmp_path: Path) -> No
     base = variant(exported, tmp_path / "base", 0.90, 0.90)
     v1 = registry.register(base, git_commit="abc123")
     assert v1.version == "1" and CHALLENGER in v1.aliases
-    assert v1.tags["git_commit"] == "abc123" and v1.tags["parity_passed"] == "true"
+    # the commit that trained it (the card's, from the run), not the one registering it
+    assert v1.tags["git_commit"] == exported.card["git_commit"] != "abc123" and v1.tags["parity_passed"] == "true"
     assert v1.tags["data_hash"] == exported.card["data"]["manifest_sha256"]
     assert float(v1.tags["test_f1_macro"]) == 0.90
 
@@ -171,3 +172,61 @@ def test_one_rule_reads_a_models_uri() -> None:
     assert parse_model_uri("models:/plantdx/3") == ("plantdx", "3")
     assert parse_model_uri("models:/plantdx") == ("plantdx", "champion")
     assert parse_model_uri("models:/plantdx@") == ("plantdx", "champion")
+
+
+def test_the_gate_fails_closed(exported: ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry it cannot read, a card without the metric, or a lenient gate: never a silent promotion."""
+    from mlflow.exceptions import MlflowException
+
+    from plantdx.errors import TrackingError
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'reg.db'}", artifact_location=str(tmp_path / "art"))
+    registry = Registry(tracking, GateConfig())
+    registry.register(variant(exported, tmp_path / "v1", 0.90, 0.90))
+    registry.promote()
+    worse = registry.register(variant(exported, tmp_path / "v2", 0.50, 0.50))
+
+    # Reading the champion fails (a timeout, a 5xx): that is an error, not "there is no champion to beat".
+    real = registry.client.get_model_version_by_alias
+
+    def flaky(name: str, alias: str) -> object:
+        if alias == CHAMPION:
+            raise MlflowException("HTTPConnectionPool: Read timed out", error_code="TEMPORARILY_UNAVAILABLE")
+        return real(name, alias)
+
+    monkeypatch.setattr(registry.client, "get_model_version_by_alias", flaky)
+    with pytest.raises(TrackingError, match="cannot read alias 'champion'.*Read timed out"):
+        registry.promote(worse.version)
+    monkeypatch.undo()
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+
+    # A card without the metric: the tag is left out (not "None"), and the gate says so rather than crashing.
+    bare = Path(shutil.copytree(exported.bundle, tmp_path / "bare"))
+    card = json.loads((bare / "card.json").read_text())
+    del card["metrics"]["test_f1_macro"]
+    card.pop("files")
+    write_card(bare, card)
+    unscored = registry.register(bare)
+    assert "test_f1_macro" not in unscored.tags
+    with pytest.raises(PromotionRefusedError, match="it has no test_f1_macro tag"):
+        registry.promote(unscored.version)
+
+    # The gate a promotion passed is on record, so a loosened one is as visible as --force.
+    lenient = Registry(tracking, GateConfig(max_class_drop=1.0))
+    better = lenient.register(variant(exported, tmp_path / "v3", 0.95, 0.95, per_class_drop=0.5))
+    lenient.promote(better.version)
+    gate = json.loads(lenient.get(better.version).tags["promotion_gate"])
+    assert gate == {"metric": "test_f1_macro", "margin": 0.0, "max_class_drop": 1.0, "over": "1"}
+    with pytest.raises(ValueError, match="margin"):
+        GateConfig(margin=-1)  # "beats by the margin": a negative one would accept a worse model
+
+
+def test_a_version_is_tagged_with_the_commit_that_trained_it(exported: ExportResult, tmp_path: Path) -> None:
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'reg.db'}", artifact_location=str(tmp_path / "art"))
+    registry = Registry(tracking, GateConfig())
+    copy = Path(shutil.copytree(exported.bundle, tmp_path / "b"))
+    card = json.loads((copy / "card.json").read_text())
+    card["git_commit"] = "trained-at-this-commit"
+    card.pop("files")
+    write_card(copy, card)
+    assert registry.register(copy, git_commit="checked-out-now").tags["git_commit"] == "trained-at-this-commit"

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from conftest import SMOKE
 from plantdx.config import Settings, load_settings
+from plantdx.data.datamodule import training_rows
 from plantdx.errors import PlantdxError
 from plantdx.evaluate import evaluate
 from plantdx.model import create_model
@@ -215,6 +216,26 @@ def test_a_refit_keeps_its_last_epoch_and_cannot_be_exported(smoke_settings: Set
         with pytest.raises(ExportError, match="validation split too"):
             export(plain, tmp_path / "bundle", **source)  # type: ignore[arg-type]
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_learning_curve_run_is_scored_on_the_images_it_learnt_from(smoke_settings: Settings, tmp_path: Path) -> None:
+    """``dataset.train_fraction``: MLflow counts what it learnt from, and ``evaluate --split train`` scores those
+    images, whatever the settings say when it is evaluated."""
+    settings = smoke_settings.model_copy(
+        update={
+            "dataset": smoke_settings.dataset.model_copy(update={"train_fraction": 0.5}),
+            "train": smoke_settings.train.model_copy(update={"output_dir": tmp_path / "half"}),
+        }
+    )
+    result = train(settings)
+    manifest = load_trained(settings, run_id=result.run_id).manifest
+    half = len(training_rows(settings.dataset, manifest))
+    assert half < len(manifest.split("train"))
+    params = MlflowClient(settings.tracking.uri).get_run(result.run_id).data.params
+    assert params["data.train_images"] == str(half)
+    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}):  # MLflow, or run.json
+        scored = evaluate(smoke_settings, **source, split="train", log_to_mlflow=False, output_dir=tmp_path / "e")  # type: ignore[arg-type]
+        assert scored.report.n == half
 
 
 class _Interrupt(Callback):

@@ -149,8 +149,10 @@ class GateConfig(_Section):
     """When ``promote`` may move ``champion`` to a new version."""
 
     metric: Literal["test_accuracy", "test_f1_macro"] = "test_f1_macro"
-    margin: float = Field(0.0, description="the candidate must beat the champion by more than this (a tie fails)")
-    max_class_drop: float = Field(0.02, ge=0, description="no class's test F1 may fall by more than this")
+    margin: float = Field(
+        0.0, ge=0, le=1, description="the candidate must beat the champion by more than this (a tie fails)"
+    )
+    max_class_drop: float = Field(0.02, ge=0, le=1, description="no class's test F1 may fall by more than this")
 
 
 class TrackingConfig(_Section):

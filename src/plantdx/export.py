@@ -622,6 +622,8 @@ def export(
             "which it has seen, so its bundle would be miscalibrated. Evaluate it; export a run trained without them"
         )
     as_trained = settings.model_copy(update={"dataset": trained.dataset})  # the run's preprocessing, not today's
+    if trained.git_commit:  # the registry tags a version with the commit that trained it, not whatever is checked out
+        extra_card = {"git_commit": trained.git_commit, **(extra_card or {})}
     return export_bundle(
         as_trained, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step
     )

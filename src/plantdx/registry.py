@@ -53,20 +53,31 @@ class GateResult:
 
 
 def _version_tags(card: dict[str, Any], git_commit: str | None) -> dict[str, str]:
+    """The version's tags; a value the card lacks is left out, never written as "None"."""
     metrics = card.get("metrics", {})
     parity = card.get("parity", {}).get("onnx", {})
     tags = {
-        "test_accuracy": str(metrics.get("test_accuracy")),
-        "test_f1_macro": str(metrics.get("test_f1_macro")),
-        "test_ece": str(metrics.get("test_ece")),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_f1_macro": metrics.get("test_f1_macro"),
+        "test_ece": metrics.get("test_ece"),
         "test_f1_per_class": json.dumps(metrics.get("test_f1_per_class", {})),
         "parity_passed": str(bool(parity.get("passed"))).lower(),
-        "data_hash": str(card.get("data", {}).get("manifest_sha256")),
-        "test_hash": str(card.get("data", {}).get("test_sha256")),
-        "architecture": str(card.get("architecture")),
-        "git_commit": git_commit or "unknown",
+        "data_hash": card.get("data", {}).get("manifest_sha256"),
+        "test_hash": card.get("data", {}).get("test_sha256"),
+        "architecture": card.get("architecture"),
+        # the commit that trained it (recorded by export), else the one registering it
+        "git_commit": card.get("git_commit") or git_commit or "unknown",
     }
-    return tags
+    return {k: str(v) for k, v in tags.items() if _known(None if v is None else str(v))}
+
+
+def _score(tags: dict[str, str], metric: str) -> float:
+    """A metric tag as a number; NaN when it is missing or unreadable (versions registered before tags were
+    left out wrote "None")."""
+    try:
+        return float(tags.get(metric, "nan"))
+    except ValueError:
+        return float("nan")
 
 
 def _known(value: str | None) -> bool:
@@ -130,12 +141,24 @@ class Registry:
             raise TrackingError(f"model {self.name} has no version {version} at {self.tracking.uri}: {exc}") from None
 
     def by_alias(self, alias: str) -> VersionInfo | None:
+        """The version behind ``alias``; None only when the store says there is none. Any other failure (a timeout,
+        a server error) is an error: read as "no champion", it would let the gate wave through a worse model."""
         from mlflow.exceptions import MlflowException
 
         try:
             return self._info(self.client.get_model_version_by_alias(self.name, alias))
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            missing_model = exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+            missing_alias = (
+                exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+            )
+            if missing_model or missing_alias:
+                return None
+            raise TrackingError(f"cannot read alias {alias!r} of {self.name} at {self.tracking.uri}: {exc}") from None
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot read alias {alias!r} of {self.name} at {self.tracking.uri}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name = '{self.name}'")
@@ -202,12 +225,12 @@ class Registry:
         result = GateResult(candidate=candidate.version, champion=champion.version if champion else None, accepted=True)
         if candidate.tags.get("parity_passed") != "true":
             result.reasons.append("its bundle did not pass the ONNX parity check")
-        metric = float(candidate.tags.get(cfg.metric, "nan"))
+        metric = _score(candidate.tags, cfg.metric)
         result.checks["candidate_" + cfg.metric] = metric
         if metric != metric:  # NaN: the tag is missing
             result.reasons.append(f"it has no {cfg.metric} tag")
         if champion is not None and champion.version != candidate.version:
-            base = float(champion.tags.get(cfg.metric, "nan"))
+            base = _score(champion.tags, cfg.metric)
             result.checks["champion_" + cfg.metric] = base
             # the same test split is what makes the scores comparable; bundles from before test_hash have data_hash
             key = (
@@ -248,11 +271,20 @@ class Registry:
         if previous is not None and previous.version == candidate.version:
             return GateResult(candidate.version, previous.version, accepted=True, checks={"already_champion": True})
         result = self.gate(candidate)
+        cfg = self.gate_cfg
         if not result.accepted and not force:
             raise PromotionRefusedError(f"v{candidate.version} not promoted: " + "; ".join(result.reasons))
         self.client.set_registered_model_alias(self.name, CHAMPION, candidate.version)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.client.set_model_version_tag(self.name, candidate.version, "promoted_at", now)
+        # The gate it passed, as configured: a lenient one (a wide class drop, say) is on record like --force is.
+        gate = {
+            "metric": cfg.metric,
+            "margin": cfg.margin,
+            "max_class_drop": cfg.max_class_drop,
+            "over": result.champion,
+        }
+        self.client.set_model_version_tag(self.name, candidate.version, "promotion_gate", json.dumps(gate))
         if force and not result.accepted:
             self.client.set_model_version_tag(
                 self.name, candidate.version, "forced_promotion", "; ".join(result.reasons)

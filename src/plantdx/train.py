@@ -221,24 +221,37 @@ class TrainedModel:
     manifest: Manifest
     checkpoint: Path
     run_id: str | None
-    # The settings' dataset, with the preprocessing the model was trained with and whether it was a refit
-    # (``train_on_val``: its validation images are no longer unseen).
+    # The settings' dataset, with the preprocessing the model was trained with, whether it was a refit
+    # (``train_on_val``: its validation images are no longer unseen) and the share of training images it saw.
     dataset: DatasetConfig
+    git_commit: str | None = None  # the commit that trained it, where the run recorded one
 
 
-def _trained_on_val(
-    settings: Settings, module: PlantClassifier, checkpoint: Path, run_params: dict[str, str] | None
-) -> bool:
-    """Whether the run behind a checkpoint trained on its validation split. The checkpoint says so (since it was
-    recorded there); else the run's MLflow params or run.json; a run recorded before refits existed was not one."""
-    if module.hparams.get("trained_on_val") is not None:
-        return bool(module.hparams["trained_on_val"])
+def _recorded_settings(checkpoint: Path, run_params: dict[str, str] | None) -> dict[str, str] | None:
+    """The settings the run behind a checkpoint was started with: its MLflow params, else its run.json."""
     if run_params is not None:
-        return run_params.get("dataset.train_on_val") == "True"
+        return run_params
     record = checkpoint.resolve().parent.parent / RUN_FILE
     if record.is_file():
-        return bool(json.loads(record.read_text()).get("settings", {}).get("dataset.train_on_val") == "True")
-    return settings.dataset.train_on_val
+        return dict(json.loads(record.read_text()).get("settings", {}))
+    return None
+
+
+def _as_trained(settings: Settings, module: PlantClassifier, recorded: dict[str, str] | None) -> dict[str, Any]:
+    """What decides which images the run learnt from: a refit (the checkpoint says so since it was recorded
+    there, else the run's settings; a run from before refits existed was not one) and its share of each class."""
+    if module.hparams.get("trained_on_val") is not None:
+        on_val = bool(module.hparams["trained_on_val"])
+    elif recorded is not None:
+        on_val = recorded.get("dataset.train_on_val") == "True"
+    else:
+        on_val = settings.dataset.train_on_val
+    out: dict[str, Any] = {"train_on_val": on_val}
+    if recorded is not None:  # a run from before train_fraction existed learnt from all of them
+        out["train_fraction"] = float(recorded.get("dataset.train_fraction", 1.0))
+        if "dataset.seed" in recorded:  # the fraction's draw depends on it
+            out["seed"] = int(recorded["dataset.seed"])
+    return out
 
 
 def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: str | None = None) -> TrainedModel:
@@ -291,10 +304,8 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         )
     # Export and evaluation must see images as training did, whatever -c/--set say now: the run's own
     # preprocess.json decides resize, interpolation and normalisation; a bare checkpoint keeps the settings'.
-    update: dict[str, Any] = {
-        "image_size": int(module.hparams["image_size"]),
-        "train_on_val": _trained_on_val(settings, module, checkpoint, run_params),
-    }
+    recorded = _recorded_settings(checkpoint, run_params)
+    update: dict[str, Any] = {"image_size": int(module.hparams["image_size"])} | _as_trained(settings, module, recorded)
     if trained_preprocess is not None:
         update |= {k: trained_preprocess[k] for k in ("resize", "interpolation") if k in trained_preprocess}
         update |= {k: tuple(trained_preprocess[k]) for k in ("mean", "std") if k in trained_preprocess}
@@ -304,7 +315,8 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError(
             f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
         ) from None
-    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset)
+    commit = (run_params or {}).get("git.commit")
+    return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset, commit if commit != "unknown" else None)
 
 
 def train(settings: Settings, resume: Path | None = None) -> TrainResult:
