@@ -84,6 +84,10 @@ def test_pretrained_path_loads_local_weights(tmp_path: Path) -> None:
         create_model("resnet18", 4, pretrained=True, pretrained_path=tmp_path / "partial.pth")
     with pytest.raises(ModelError, match="does not exist"):
         create_model("resnet18", 4, pretrained=True, pretrained_path=tmp_path / "missing.pth")
+    # The path alone (model.pretrained left false, as the README shows) is a file to use, never ignored.
+    assert torch.equal(create_model("resnet18", 4, pretrained_path=path).conv1.weight, source.conv1.weight)
+    with pytest.raises(ModelError, match="does not exist"):
+        create_model("plant_cnn", 4, pretrained_path=tmp_path / "missing.pth")
 
 
 def _module(**kwargs: Any) -> PlantClassifier:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from plantdx.bundle import load_bundle
+from plantdx.errors import PlantdxError
 from plantdx.inference import create_session
 
 
@@ -112,7 +113,7 @@ def _torch_rows(
     rows = []
     t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
     on_runtime("pytorch-eager")
-    eager = _eager_model(checkpoint)
+    eager = _eager_model(checkpoint, load_bundle(bundle_dir, verify=False).card)
     if eager is None:
         rows.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
     else:
@@ -140,18 +141,26 @@ def _measure_onnx(name: str, path: Path, threads: int, x1: np.ndarray, xb: np.nd
     )
 
 
-def _eager_model(checkpoint: Path | None) -> Any:
+def _eager_model(checkpoint: Path | None, card: dict[str, Any]) -> Any:
+    """The checkpoint's network, refused unless it is the bundle's model: another one would put its latency in
+    the bundle's table."""
     if checkpoint is None:
         return None
-    from plantdx.model import PlantClassifier
+    from plantdx.model import load_checkpoint
 
-    module = PlantClassifier.load_from_checkpoint(
-        checkpoint, map_location="cpu", pretrained=False, pretrained_path=None
-    )
-    return module.model.eval()
+    model = load_checkpoint(checkpoint).model.eval()
+    n = sum(p.numel() for p in model.parameters())
+    if card.get("parameters") is not None and n != card["parameters"]:
+        raise PlantdxError(
+            f"{checkpoint} is not this bundle's model: {n:,} parameters against the card's {card['parameters']:,} "
+            f"({card.get('architecture')}); give the checkpoint the bundle was exported from"
+        )
+    return model
 
 
-def write_results(results: list[RuntimeBench], bundle_dir: Path, threads: int, out_dir: Path) -> Path:
+def write_results(
+    results: list[RuntimeBench], bundle_dir: Path, threads: int, out_dir: Path, checkpoint: Path | None = None
+) -> Path:
     card = load_bundle(bundle_dir, verify=False).card
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model_runtimes.json"
@@ -159,6 +168,7 @@ def write_results(results: list[RuntimeBench], bundle_dir: Path, threads: int, o
         json.dumps(
             {
                 "bundle": str(bundle_dir),
+                "checkpoint": str(checkpoint) if checkpoint is not None else None,  # the eager row's model
                 "architecture": card.get("architecture"),
                 "input_size": card.get("input_size"),
                 "threads": threads,

@@ -187,6 +187,8 @@ def train(
 
     settings = _settings(config, set_)
     if result_json is not None:  # before hours of training, not after
+        if result_json.is_dir():
+            raise PlantdxError(f"cannot write --result-json {result_json}: it is a folder; give a file name")
         try:
             result_json.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -393,7 +395,7 @@ def bench(
     for r in results:
         table.add_row(r.runtime, _num(r.p50_ms, ".2f"), _num(r.p99_ms, ".2f"), _num(r.throughput_ips, ".0f"), r.note)
     console.print(table)
-    console.print(f"wrote {write_results(results, folder, threads, output)}")
+    console.print(f"wrote {write_results(results, folder, threads, output, checkpoint)}")
 
 
 @app.command()
@@ -465,7 +467,10 @@ def explain(
 
     heat = Image.open(io.BytesIO(png))
     base = Image.fromarray(model_view(photo, predictor.spec)).convert("RGBA")
-    Image.alpha_composite(base, heat).convert("RGB").save(output)
+    try:
+        Image.alpha_composite(base, heat).convert("RGB").save(output)
+    except ValueError as exc:  # Pillow picks the format by extension: a folder, or "heat" without one
+        raise PlantdxError(f"cannot write {output}: {exc}; give a file name such as heat.png") from None
     console.print(f"{prediction.label} ({prediction.confidence:.1%}); heat map over the model's view: {output}")
 
 
@@ -638,12 +643,24 @@ def retrain(
 
 
 def main() -> None:
-    """Console entry point: domain errors become one line on stderr and a non-zero exit."""
+    """Console entry point: domain errors, and the file-system and MLflow errors a person can act on (a folder
+    where a file is wanted, an unusable tracking URI), become one line on stderr and a non-zero exit."""
     try:
         app()
     except PlantdxError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}", 1)
+    except Exception as exc:
+        # MlflowException by name: importing mlflow here would add two seconds to every command
+        if not any(c.__name__ == "MlflowException" and c.__module__.startswith("mlflow") for c in type(exc).__mro__):
+            raise
+        _fail(f"MLflow: {getattr(exc, 'message', exc)}", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def create_model(
     """
     if num_classes < 2:
         raise ModelError(f"need at least 2 classes, got {num_classes}")
+    pretrained = pretrained or pretrained_path is not None  # a local weights file given is a file to use
     if name == PLANT_CNN:
         if pretrained and pretrained_path is None:
             raise ModelError("plant_cnn has no published weights; give model.pretrained_path or pretrained=false")
@@ -460,3 +461,16 @@ class PlantClassifier(L.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: Path) -> PlantClassifier:
+    """A plantdx Lightning checkpoint for inference, or one clear error: torch's own for a truncated or foreign
+    file (``PytorchStreamReader failed``, ``KeyError: 105``) names neither the file nor the problem."""
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        return PlantClassifier.load_from_checkpoint(path, map_location="cpu", pretrained=False, pretrained_path=None)
+    except Exception as exc:
+        raise ModelError(
+            f"{path} is not a readable plantdx checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None

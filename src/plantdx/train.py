@@ -33,7 +33,7 @@ from plantdx.data.split import Manifest, manifest_for, read_manifest, write_mani
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError, TrackingError
 from plantdx.evaluate import EvalReport, compute_report, write_report_artifacts
-from plantdx.model import BackboneFreeze, PlantClassifier
+from plantdx.model import BackboneFreeze, PlantClassifier, load_checkpoint
 
 MONITOR = "val/f1_macro"
 _STAMP_ENV = "PLANTDX_RUN_STAMP"  # shared by the processes of one DDP run so they agree on the run folder
@@ -283,11 +283,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         if (folder / "preprocess.json").is_file():
             trained_preprocess = json.loads((folder / "preprocess.json").read_text())
     assert checkpoint is not None
-    if not checkpoint.is_file():
-        raise PlantdxError(f"checkpoint not found: {checkpoint}")
-    module = PlantClassifier.load_from_checkpoint(
-        checkpoint, map_location="cpu", pretrained=False, pretrained_path=None
-    )
+    module = load_checkpoint(checkpoint)
     if manifest is None:
         manifest = manifest_for(settings.dataset)
         trained_on = module.hparams.get("data_hash")
