@@ -9,12 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from plantdx.cli import app
+from plantdx.config import DatasetConfig
 from plantdx.data.scan import ImageRecord
 from plantdx.data.split import (
     check_no_leakage,
     make_manifest,
+    manifest_for,
     read_group_hints,
     read_manifest,
+    split_record,
     write_manifest,
 )
 from plantdx.errors import DataError
@@ -124,3 +127,16 @@ def test_cli_split_writes_a_deterministic_manifest(tiny_dataset: Path, tmp_path:
         assert result.exit_code == 0, result.output
     assert first.read_bytes() == second.read_bytes()
     assert len(read_manifest(first).rows) == 36
+
+
+def test_a_manifest_refuses_split_settings_it_would_override(tiny_dataset: Path, tmp_path: Path) -> None:
+    """dataset.manifest is read as it is: other split settings beside it would be silently ignored."""
+    cfg = DatasetConfig(root=tiny_dataset, manifest=tmp_path / "m.csv", min_images_per_class=3)
+    first = manifest_for(cfg)
+    assert manifest_for(cfg) == first  # read back, same settings
+    for change in ({"seed": 7}, {"test_fraction": 0.3}, {"max_per_class": 5}):
+        with pytest.raises(DataError, match=f"{next(iter(change))}: .* -> "):
+            manifest_for(cfg.model_copy(update=change))
+    # A manifest made by hand (no record of how) is taken as given.
+    split_record(tmp_path / "m.csv").unlink()
+    assert manifest_for(cfg.model_copy(update={"seed": 7})) == first

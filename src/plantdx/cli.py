@@ -168,6 +168,11 @@ def data_stats(root: RootArgument = None, config: ConfigOption = None, set_: Set
     console.print(f"formats: {stats.formats}")
     console.print(f"sizes (w x h): {stats.sizes}")
     console.print(f"bytes: {stats.total_bytes / 2**20:.1f} MiB")
+    if stats.unreadable or stats.other_files:  # left out of the counts above: said, not dropped
+        console.print(
+            f"[yellow]not counted: {stats.unreadable} unreadable images, {stats.other_files} files that are not "
+            "images; `plantdx data check` lists them[/yellow]"
+        )
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -216,8 +217,19 @@ def manifest_for(cfg: DatasetConfig, *, progress: Progress | None = None) -> Man
 
     Blocking data problems (corrupt files, empty classes) fail here, before any training starts.
     """
+    made_with = {key: getattr(cfg, key) for key in SPLIT_SETTINGS}
     if cfg.manifest is not None and cfg.manifest.is_file():
-        return read_manifest(cfg.manifest)
+        manifest = read_manifest(cfg.manifest)
+        record = split_record(cfg.manifest)
+        if record.is_file():  # one plantdx made: the settings that split it must still be the ones in force
+            recorded = json.loads(record.read_text())
+            changed = [f"{k}: {recorded.get(k)} -> {v}" for k, v in made_with.items() if recorded.get(k) != v]
+            if changed:
+                raise DataError(
+                    f"{cfg.manifest} was split with other settings ({', '.join(changed)}), which it would silently "
+                    "override; use the settings it was made with, or delete it to split again"
+                )
+        return manifest
     report = scan_dataset(cfg.root, min_images_per_class=cfg.min_images_per_class, progress=progress)
     blocking = [i for i in report.issues if i.kind in BLOCKING]
     if blocking:
@@ -236,4 +248,13 @@ def manifest_for(cfg: DatasetConfig, *, progress: Progress | None = None) -> Man
     )
     if cfg.manifest is not None:
         write_manifest(manifest, cfg.manifest)
+        split_record(cfg.manifest).write_text(json.dumps(made_with) + "\n")
     return manifest
+
+
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction", "max_per_class")
+
+
+def split_record(manifest_path: Path) -> Path:
+    """Beside a manifest plantdx wrote: the settings that made the split (``manifest.csv.split.json``)."""
+    return manifest_path.with_name(manifest_path.name + ".split.json")

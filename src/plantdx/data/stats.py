@@ -18,7 +18,8 @@ class DatasetStats:
     formats: dict[str, int]
     sizes: dict[str, int]
     total_bytes: int
-    unreadable: int
+    unreadable: int  # image files that do not open
+    other_files: int = 0  # files that are not images (not counted anywhere else)
 
     @property
     def images(self) -> int:
@@ -33,13 +34,14 @@ class DatasetStats:
 def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetStats:
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    files = [
+    found = [
         (p, d.name)
         for d in sorted(root.iterdir())
         if d.is_dir() and not d.name.startswith(".")
         for p in sorted(d.rglob("*"))
-        if p.is_file() and p.name not in IGNORED_NAMES and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and p.name not in IGNORED_NAMES
     ]
+    files = [(p, label) for p, label in found if p.suffix.lower() in IMAGE_EXTENSIONS]
     classes: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
@@ -61,4 +63,5 @@ def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetSta
         sizes=dict(sizes.most_common(5)),
         total_bytes=total,
         unreadable=unreadable,
+        other_files=len(found) - len(files),
     )
