@@ -18,7 +18,7 @@ from plantdx.config import DatasetConfig
 from plantdx.data.split import manifest_for
 from plantdx.errors import PlantdxError
 from plantdx.images import load_rgb, model_view
-from plantdx.inference import Predictor, default_bundle_path
+from plantdx.inference import Predictor, default_bundle_path, input_contrast
 
 BUNDLE = default_bundle_path()
 
@@ -49,6 +49,25 @@ def test_default_bundle_scores_its_card_on_the_held_out_split(real_data: Path) -
     # The card was measured through this same path; allow two flipped images for another CPU or thread count.
     assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=2 / len(rows))
     assert accuracy >= 0.95
+    # No real leaf is too flat to judge: the floor sits below every photo of the held-out split.
+    floor = predictor.min_contrast
+    assert floor is not None and min(input_contrast(x, predictor.spec) for x in batch) > floor
+
+
+def test_a_blank_or_dark_photo_abstains_as_too_uniform() -> None:
+    """An all-black photo passed both the confidence and the out-of-distribution checks (0.99 late blight)."""
+    predictor = Predictor(BUNDLE)
+    rng = np.random.default_rng(0)
+    flat = {
+        "black": Image.new("RGB", (256, 256)),
+        "white": Image.new("RGB", (256, 256), (255, 255, 255)),
+        "green card": Image.new("RGB", (256, 256), (40, 140, 40)),
+        "lens cap": Image.fromarray(rng.integers(0, 20, (256, 256, 3), dtype=np.uint8)),
+    }
+    for name, image in flat.items():
+        answer = predictor.predict_one(image)
+        assert answer.abstained and "almost uniform" in (answer.reason or ""), (name, answer.reason)
+    assert predictor.min_contrast == pytest.approx(0.014, abs=0.001)  # real leaves: test_..._held_out_split
 
 
 @pytest.mark.realdata

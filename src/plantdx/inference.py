@@ -83,6 +83,7 @@ class Predictor:
             if ood and self.has_embedding
             else None
         )
+        self.min_contrast = contrast_floor(self.bundle.reference)
 
     def _check_widths(self) -> None:
         """labels.json must name every logit: else the service would warm up, report ready, then fail each call."""
@@ -139,7 +140,12 @@ class Predictor:
         n = len(self.labels)
         return out[..., :n], (out[..., n:] if out.shape[-1] > n else None)
 
-    def _reason(self, confidence: float, ood_score: float | None) -> str | None:
+    def _reason(self, confidence: float, ood_score: float | None, contrast: float | None) -> str | None:
+        if self.min_contrast is not None and contrast is not None and contrast < self.min_contrast:
+            return (
+                f"the photo is almost uniform (contrast {contrast:.3f}, under {self.min_contrast:.3f}, a quarter of "
+                "the flattest reference leaf's): too dark, overexposed or blank"
+            )
         if self.ood is not None and ood_score is not None and ood_score > self.ood["threshold"]:
             return (
                 f"this does not look like the leaves the model was trained on "
@@ -150,19 +156,28 @@ class Predictor:
         return None
 
     def postprocess(
-        self, logits: np.ndarray, top_k: int | None = None, embeddings: np.ndarray | None = None
+        self,
+        logits: np.ndarray,
+        top_k: int | None = None,
+        embeddings: np.ndarray | None = None,
+        inputs: np.ndarray | None = None,
     ) -> list[Prediction]:
+        """Probabilities, top-k and abstention. ``inputs`` (the preprocessed batch) lets a nearly uniform photo
+        abstain: an all-black one passed both the confidence and the out-of-distribution checks at 0.99."""
         k = min(top_k or self.top_k, len(self.labels))
         probs = softmax(logits, self.temperature)
         scores: list[float | None] = [None] * len(logits)
         if self.ood is not None and embeddings is not None:
             scores = [float(v) for v in ood_scores(embeddings, self.ood)]
+        contrasts: list[float | None] = [None] * len(logits)
+        if inputs is not None:
+            contrasts = [input_contrast(x, self.spec) for x in inputs]
         out = []
         for i, (row_logits, row, score) in enumerate(zip(logits, probs, scores, strict=True)):
             order = np.argsort(-row)
             best = int(order[0])
             confidence = float(row[best])
-            reason = self._reason(confidence, score)
+            reason = self._reason(confidence, score, contrasts[i])
             out.append(
                 Prediction(
                     label=self.labels[best],
@@ -194,7 +209,7 @@ class Predictor:
         outputs = self.session.run(names, {self.input_name: x})
         logits, cam = outputs[0], outputs[1]
         embedding = np.asarray(outputs[2]) if self.has_embedding else None
-        prediction = self.postprocess(np.asarray(logits), top_k, embedding)[0]
+        prediction = self.postprocess(np.asarray(logits), top_k, embedding, x)[0]
         index = self.labels.index(prediction.label)
         return prediction, heatmap_png(np.asarray(cam)[0, index], self.input_size)
 
@@ -203,7 +218,7 @@ class Predictor:
             return []
         batch = np.stack([self.preprocess(img) for img in images])
         logits, embeddings = self.split(self.forward(batch))
-        return self.postprocess(logits, top_k, embeddings)
+        return self.postprocess(logits, top_k, embeddings, batch)
 
     def predict_one(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> Prediction:
         return self.predict([image], top_k)[0]
@@ -229,6 +244,29 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     lo = np.clip(np.floor(pos).astype(int), 0, len(stops) - 2)
     frac = (pos - lo)[..., None]
     return np.asarray(stops[lo] * (1 - frac) + stops[lo + 1] * frac)
+
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def input_contrast(x: np.ndarray, spec: dict[str, Any]) -> float:
+    """The luma spread of a preprocessed CHW input, on 0..1: the ``contrast`` that reference.json records."""
+    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
+    rgb = np.clip(x * std + mean, 0.0, 1.0)
+    return float(np.tensordot(LUMA, rgb, axes=1).std())
+
+
+def contrast_floor(reference: dict[str, Any]) -> float | None:
+    """A quarter of the lowest contrast among the reference's leaves (the validation split): below it a photo is
+    too uniform to judge (black, white, one colour, a lens cap). The default bundle's is 0.014; none of its train
+    or test photos has less than 0.041. None for a reference without the column."""
+    columns, rows = reference.get("columns") or [], reference.get("rows") or []
+    if "contrast" not in columns or not rows:
+        return None
+    at = columns.index("contrast")
+    values = [float(row[at]) for row in rows if row[at] is not None]
+    return 0.25 * min(values) if values else None
 
 
 def heatmap_png(cam: np.ndarray, size: int) -> bytes:

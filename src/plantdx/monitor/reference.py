@@ -38,7 +38,7 @@ def score_images(predictor: Predictor, images: Sequence[Image.Image | Path | byt
     x = np.stack([predictor.preprocess(im) for im in images])
     out = np.concatenate([predictor.forward(x[i : i + 64]) for i in range(0, len(x), 64)])
     logits, embeddings = predictor.split(out)
-    predictions = predictor.postprocess(logits, 1, embeddings)
+    predictions = predictor.postprocess(logits, 1, embeddings, x)
     return [monitor_row(p, xi, predictor) for p, xi in zip(predictions, x, strict=True)]
 
 

@@ -193,7 +193,7 @@ class Engine:
             *(loop.run_in_executor(self.infer_pool, predictor.forward, x) for _ in range(self.cfg.streams))
         )
         logits, embedding = predictor.split(outs[0])
-        predictor.postprocess(logits, embeddings=embedding)  # the whole answer path, not just the graph
+        predictor.postprocess(logits, embeddings=embedding, inputs=x)  # the whole answer path, not just the graph
         if predictor.can_explain:
             await loop.run_in_executor(self.infer_pool, predictor.session.run, None, {predictor.input_name: x[:1]})
 
@@ -293,7 +293,7 @@ class Engine:
             )
         else:
             logits, embedding = predictor.split((await runtime.logits(x, cfg.queue_size, timeout_s))[None])
-            prediction = predictor.postprocess(logits, top_k, embedding)[0]
+            prediction = predictor.postprocess(logits, top_k, embedding, x[None])[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)
         if self.monitoring is not None:

@@ -96,7 +96,7 @@ def _diagnose_task(
         prediction, heatmap = predictor.explain(image, top_k)
     else:
         logits, embedding = predictor.split(predictor.forward(x[None]))
-        prediction = predictor.postprocess(logits, top_k, embedding)[0]
+        prediction = predictor.postprocess(logits, top_k, embedding, x[None])[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     result = Prediction.build(
         prediction,
