@@ -16,12 +16,13 @@ from PIL import Image
 
 from conftest import make_leaf
 from plantdx.bundle import BundleError, load_bundle, write_card
-from plantdx.config import Settings
+from plantdx.config import ExportConfig, Settings
 from plantdx.data.datamodule import PlantDataModule
 from plantdx.export import (
     ExportResult,
     calibration_temperature,
     fit_temperature,
+    int8_refusals,
     onnx_logits,
     quantize_int8,
     torch_logits,
@@ -267,3 +268,13 @@ def test_export_preprocesses_as_the_run_was_trained_not_as_today_s_settings(
     result = export(today, tmp_path / "bundle", run_id=trained.run_id)
     spec = json.loads((result.bundle / "preprocess.json").read_text())
     assert (spec["interpolation"], spec["resize"], spec["crop"]) == (settings.dataset.interpolation, 37, 32)
+
+
+def test_int8_is_kept_only_when_both_faster_and_accurate_enough() -> None:
+    cfg = ExportConfig()  # the rule: >= 1.3x faster and <= 0.5 point accuracy loss
+    assert int8_refusals(1.3, 0.5, cfg) == []  # both bounds are inclusive
+    assert int8_refusals(2.0, -0.1, cfg) == []  # INT8 scoring higher is no reason to refuse it
+    assert int8_refusals(1.29, 0.0, cfg) == ["speedup 1.29x is below 1.3x"]
+    assert int8_refusals(3.0, 0.51, cfg) == ["accuracy drops 0.51 points, more than 0.5"]
+    assert len(int8_refusals(0.59, 0.12, cfg)) == 1  # the default bundle's measured case: slower, so dropped
+    assert len(int8_refusals(0.5, 2.0, cfg)) == 2

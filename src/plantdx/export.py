@@ -26,7 +26,7 @@ from torch import nn
 
 import plantdx
 from plantdx.bundle import load_bundle, write_card
-from plantdx.config import Settings
+from plantdx.config import ExportConfig, Settings
 from plantdx.data.split import Manifest, ManifestRow
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError
@@ -584,15 +584,21 @@ def _try_int8(
             "n": int8_parity.n,
         },
     }
+    reasons = int8_refusals(speedup, drop_points, cfg)
+    if reasons:
+        path.unlink()
+        return {**result, "kept": False, "reason": "; ".join(reasons)}
+    return {**result, "kept": True}
+
+
+def int8_refusals(speedup: float, drop_points: float, cfg: ExportConfig) -> list[str]:
+    """Why the INT8 model is not worth keeping (empty: keep it): fast enough and accurate enough, both."""
     reasons = []
     if speedup < cfg.int8_min_speedup:
         reasons.append(f"speedup {speedup:.2f}x is below {cfg.int8_min_speedup}x")
     if drop_points > cfg.int8_max_accuracy_drop:
         reasons.append(f"accuracy drops {drop_points:.2f} points, more than {cfg.int8_max_accuracy_drop}")
-    if reasons:
-        path.unlink()
-        return {**result, "kept": False, "reason": "; ".join(reasons)}
-    return {**result, "kept": True}
+    return reasons
 
 
 def export(
