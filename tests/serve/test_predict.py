@@ -189,3 +189,14 @@ def test_an_unexpected_error_is_a_json_500_that_names_its_request(
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     errors = [x for x in logged if x["logger"] == "plantdx.serve" and "bug-1" in x["message"]]
     assert errors and "RuntimeError: a bug" in errors[0]["exception"]  # the log line names the request
+
+
+def test_a_body_refused_before_routing_counts_under_its_route(client: TestClient) -> None:
+    """/v1/feedback's own body limit answers before the router runs: the 413 must not read as an unknown path."""
+    before = _samples(client.get("/metrics").text)
+    r = client.post("/v1/feedback", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    after = _samples(client.get("/metrics").text)
+    key = 'plantdx_http_requests_total{method="POST",route="/v1/feedback",status="413"}'
+    assert after[key] - before.get(key, 0.0) == 1
+    assert not any('route="unmatched"' in k for k in after)
