@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -129,14 +130,20 @@ def test_cli_split_writes_a_deterministic_manifest(tiny_dataset: Path, tmp_path:
     assert len(read_manifest(first).rows) == 36
 
 
-def test_a_manifest_refuses_split_settings_it_would_override(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_manifest_refuses_split_settings_it_would_override(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """dataset.manifest is read as it is: other split settings beside it would be silently ignored."""
     cfg = DatasetConfig(root=tiny_dataset, manifest=tmp_path / "m.csv", min_images_per_class=3)
     first = manifest_for(cfg)
     assert manifest_for(cfg) == first  # read back, same settings
-    for change in ({"seed": 7}, {"test_fraction": 0.3}, {"max_per_class": 5}):
+    for change in ({"test_fraction": 0.3}, {"max_per_class": 5}, {"min_images_per_class": 4}):
         with pytest.raises(DataError, match=f"{next(iter(change))}: .* -> "):
             manifest_for(cfg.model_copy(update=change))
+    # Another seed keeps the split (said in a warning): it still draws train_fraction's share and the sampling.
+    with caplog.at_level(logging.WARNING, logger="plantdx.data"):
+        assert manifest_for(cfg.model_copy(update={"seed": 7})) == first
+    assert "keeps the split of seed 42; seed 7 applies to the rest" in caplog.text
     # A manifest made by hand (no record of how) is taken as given.
     split_record(tmp_path / "m.csv").unlink()
-    assert manifest_for(cfg.model_copy(update={"seed": 7})) == first
+    assert manifest_for(cfg.model_copy(update={"test_fraction": 0.3})) == first

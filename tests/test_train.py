@@ -233,9 +233,16 @@ def test_a_learning_curve_run_is_scored_on_the_images_it_learnt_from(smoke_setti
     assert half < len(manifest.split("train"))
     params = MlflowClient(settings.tracking.uri).get_run(result.run_id).data.params
     assert params["data.train_images"] == str(half)
-    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}):  # MLflow, or run.json
+    moved = shutil.copy(result.best_checkpoint, tmp_path / "elsewhere.ckpt")  # no run.json beside it: the file says
+    for source in ({"run_id": result.run_id}, {"checkpoint": result.best_checkpoint}, {"checkpoint": moved}):
         scored = evaluate(smoke_settings, **source, split="train", log_to_mlflow=False, output_dir=tmp_path / "e")  # type: ignore[arg-type]
-        assert scored.report.n == half
+        assert scored.report.n == half, source
+    # The commit that trained it reaches export (and so the registry) by run id and by checkpoint alike.
+    commit = params["git.commit"]
+    assert load_trained(smoke_settings, run_id=result.run_id).git_commit == (commit if commit != "unknown" else None)
+    assert load_trained(smoke_settings, checkpoint=result.best_checkpoint).git_commit == (
+        commit if commit != "unknown" else None
+    )
 
 
 class _Interrupt(Callback):

@@ -649,13 +649,16 @@ def retrain(
 
 def main() -> None:
     """Console entry point: domain errors, and the file-system and MLflow errors a person can act on (a folder
-    where a file is wanted, an unusable tracking URI), become one line on stderr and a non-zero exit."""
+    where a file is wanted, an unusable tracking URI), become one line on stderr and a non-zero exit. Other errors
+    are bugs or unnamed I/O failures and keep their traceback."""
     try:
         app()
     except PlantdxError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:
-        _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}", 1)
+        if exc.filename is None:  # not about a path the user gave (a truncated image, a socket): keep the traceback
+            raise
+        _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename}", 1)
     except Exception as exc:
         # MlflowException by name: importing mlflow here would add two seconds to every command
         if not any(c.__name__ == "MlflowException" and c.__module__.startswith("mlflow") for c in type(exc).__mro__):

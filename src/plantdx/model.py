@@ -366,6 +366,8 @@ class PlantClassifier(L.LightningModule):
         data_hash: str | None = None,
         trained_on_val: bool | None = None,  # a refit, kept in the checkpoint so export refuses it wherever it is
         # (None: a checkpoint from before this was recorded)
+        train_fraction: float | None = None,  # the share of each class it learnt from, and the seed that drew it:
+        data_seed: int | None = None,  # evaluate --split train scores those images wherever the file goes
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -470,7 +472,5 @@ def load_checkpoint(path: Path) -> PlantClassifier:
         raise ModelError(f"checkpoint not found: {path}")
     try:
         return PlantClassifier.load_from_checkpoint(path, map_location="cpu", pretrained=False, pretrained_path=None)
-    except Exception as exc:
-        raise ModelError(
-            f"{path} is not a readable plantdx checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
+    except Exception as exc:  # corrupt, foreign, or from an incompatible plantdx: the message tells which
+        raise ModelError(f"cannot load {path} as a plantdx checkpoint ({type(exc).__name__}: {exc})") from exc

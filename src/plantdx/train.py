@@ -228,12 +228,14 @@ class TrainedModel:
 
 
 def _recorded_settings(checkpoint: Path, run_params: dict[str, str] | None) -> dict[str, str] | None:
-    """The settings the run behind a checkpoint was started with: its MLflow params, else its run.json."""
+    """The settings the run behind a checkpoint was started with: its MLflow params, else its run.json (whose
+    commit is given as ``git.commit``, the MLflow param's name)."""
     if run_params is not None:
         return run_params
     record = checkpoint.resolve().parent.parent / RUN_FILE
     if record.is_file():
-        return dict(json.loads(record.read_text()).get("settings", {}))
+        info = json.loads(record.read_text())
+        return dict(info.get("settings", {})) | ({"git.commit": info["git_commit"]} if "git_commit" in info else {})
     return None
 
 
@@ -247,9 +249,12 @@ def _as_trained(settings: Settings, module: PlantClassifier, recorded: dict[str,
     else:
         on_val = settings.dataset.train_on_val
     out: dict[str, Any] = {"train_on_val": on_val}
-    if recorded is not None:  # a run from before train_fraction existed learnt from all of them
+    if module.hparams.get("train_fraction") is not None:
+        out["train_fraction"] = float(module.hparams["train_fraction"])
+        out["seed"] = int(module.hparams["data_seed"])  # the fraction's draw depends on it
+    elif recorded is not None:  # a run from before train_fraction existed learnt from all of them
         out["train_fraction"] = float(recorded.get("dataset.train_fraction", 1.0))
-        if "dataset.seed" in recorded:  # the fraction's draw depends on it
+        if "dataset.seed" in recorded:
             out["seed"] = int(recorded["dataset.seed"])
     return out
 
@@ -311,7 +316,7 @@ def load_trained(settings: Settings, *, checkpoint: Path | None = None, run_id: 
         raise PlantdxError(
             f"the checkpoint's preprocessing does not fit the settings: {describe_validation_error(exc)}"
         ) from None
-    commit = (run_params or {}).get("git.commit")
+    commit = (recorded or {}).get("git.commit")
     return TrainedModel(module.eval(), manifest, checkpoint, run_id, dataset, commit if commit != "unknown" else None)
 
 
@@ -362,6 +367,8 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         class_weights=weights,
         data_hash=manifest.digest,
         trained_on_val=settings.dataset.train_on_val,
+        train_fraction=settings.dataset.train_fraction,
+        data_seed=settings.dataset.seed,
     )
 
     logger = create_logger(settings, run_name, run_id=point.run_id if point else None)
@@ -372,6 +379,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
             "run_id": logger.run_id,
             "run_name": run_name,
             "data_hash": manifest.digest,
+            "git_commit": git_commit(),
             "settings": _learning_settings(settings),
         },
         point.trained_s if point else 0.0,

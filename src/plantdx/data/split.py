@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from plantdx.config import DatasetConfig
 from plantdx.data.scan import BLOCKING, ImageRecord, Progress, scan_dataset
 from plantdx.errors import DataError
 
+log = logging.getLogger("plantdx.data")
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 _FILL_ORDER: tuple[Split, ...] = ("test", "val", "train")  # small splits first: few groups must still reach them
@@ -221,13 +223,18 @@ def manifest_for(cfg: DatasetConfig, *, progress: Progress | None = None) -> Man
     if cfg.manifest is not None and cfg.manifest.is_file():
         manifest = read_manifest(cfg.manifest)
         record = split_record(cfg.manifest)
-        if record.is_file():  # one plantdx made: the settings that split it must still be the ones in force
+        if record.is_file():  # one plantdx made: the settings that only shape the split must still be in force
             recorded = json.loads(record.read_text())
             changed = [f"{k}: {recorded.get(k)} -> {v}" for k, v in made_with.items() if recorded.get(k) != v]
-            if changed:
+            if any(not c.startswith("seed:") for c in changed):
                 raise DataError(
                     f"{cfg.manifest} was split with other settings ({', '.join(changed)}), which it would silently "
                     "override; use the settings it was made with, or delete it to split again"
+                )
+            if changed:  # the seed also draws train_fraction's share and the sampler's order: those may change
+                log.warning(
+                    f"{cfg.manifest} keeps the split of seed {recorded.get('seed')}; seed {cfg.seed} "
+                    "applies to the rest (train_fraction's share, sampling)"
                 )
         return manifest
     report = scan_dataset(cfg.root, min_images_per_class=cfg.min_images_per_class, progress=progress)
@@ -252,7 +259,7 @@ def manifest_for(cfg: DatasetConfig, *, progress: Progress | None = None) -> Man
     return manifest
 
 
-SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction", "max_per_class")
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction", "max_per_class", "min_images_per_class")
 
 
 def split_record(manifest_path: Path) -> Path:

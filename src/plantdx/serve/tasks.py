@@ -180,7 +180,10 @@ class CeleryJobs:
         job = Job(uuid.uuid4().hex)
         self.redis.set(_KEY.format(job.job_id), b"1", ex=self.ttl)
         self.app.send_task(
-            TASK, args=[base64.b64encode(data).decode(), content_type, top_k, explain], task_id=job.job_id
+            # explain only when asked: a worker of the previous release (three arguments) still runs plain jobs
+            TASK,
+            args=[base64.b64encode(data).decode(), content_type, top_k, *([True] if explain else [])],
+            task_id=job.job_id,
         )
         return job
 
