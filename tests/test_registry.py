@@ -217,8 +217,8 @@ def test_the_gate_fails_closed(exported: ExportResult, tmp_path: Path, monkeypat
     lenient.promote(better.version)
     gate = json.loads(lenient.get(better.version).tags["promotion_gate"])
     assert gate == {"metric": "test_f1_macro", "margin": 0.0, "max_class_drop": 1.0, "over": "1"}
-    with pytest.raises(ValueError, match="margin"):
-        GateConfig(margin=-1)  # "beats by the margin": a negative one would accept a worse model
+    with pytest.raises(ValueError, match="max_class_drop"):
+        GateConfig(max_class_drop=-0.1)
 
 
 def test_a_version_is_tagged_with_the_commit_that_trained_it(exported: ExportResult, tmp_path: Path) -> None:

@@ -150,7 +150,11 @@ class GateConfig(_Section):
 
     metric: Literal["test_accuracy", "test_f1_macro"] = "test_f1_macro"
     margin: float = Field(
-        0.0, ge=0, le=1, description="the candidate must beat the champion by more than this (a tie fails)"
+        0.0,
+        ge=-1,
+        le=1,
+        description="the candidate must beat the champion by more than this (a tie fails); negative: accept one "
+        "up to this much worse (recorded on the version as promotion_gate)",
     )
     max_class_drop: float = Field(0.02, ge=0, le=1, description="no class's test F1 may fall by more than this")
 

@@ -229,11 +229,16 @@ async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tup
             raise InvalidRequestError("no 'files' parts in the multipart body")
         if len(parts) > limit:
             raise InvalidRequestError(f"{len(parts)} images; send at most {limit} per batch")
+        # A part without a filename is a text field: a client bug, not a bad photo. The request is refused, naming
+        # it, rather than the part dropped (which would renumber the answers of the others).
+        fields = [i for i, f in enumerate(parts) if not isinstance(f, StarletteUpload)]
+        if fields:
+            raise InvalidRequestError(
+                f"'files' part(s) {', '.join(map(str, fields))} of {len(parts)} are text fields, not files"
+            )
         out_files: list[tuple[bytes, str | None] | ServiceError] = []
-        for f in parts:  # a part without a filename is a text field: it answers as itself, so indexes stay true
-            if not isinstance(f, StarletteUpload):
-                out_files.append(InvalidRequestError("this 'files' part is a text field, not a file"))
-            elif f.size is not None and f.size > max_bytes:
+        for f in (p for p in parts if isinstance(p, StarletteUpload)):  # all of them, as checked above
+            if f.size is not None and f.size > max_bytes:
                 out_files.append(TooLargeError(f"the file is {f.size} bytes; the limit is {max_bytes}"))
             else:
                 out_files.append((await f.read(), f.content_type))
