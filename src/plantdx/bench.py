@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from plantdx.bundle import load_bundle
+from plantdx.bundle import Bundle, load_bundle
 from plantdx.errors import PlantdxError
 from plantdx.inference import create_session
 
@@ -87,7 +87,7 @@ def bench_bundle(
     else:
         import torch
 
-        results.extend(_torch_rows(torch, bundle.path, checkpoint, x1, xb, threads, runs, on_runtime))
+        results.extend(_torch_rows(torch, bundle, checkpoint, x1, xb, threads, runs, on_runtime))
     for name, path in (("onnxruntime-fp32", bundle.onnx_path), ("onnxruntime-int8", bundle.int8_path)):
         on_runtime(name)
         if path is None:
@@ -100,7 +100,7 @@ def bench_bundle(
 
 def _torch_rows(
     torch: Any,
-    bundle_dir: Path,
+    bundle: Bundle,
     checkpoint: Path | None,
     x1: np.ndarray,
     xb: np.ndarray,
@@ -113,14 +113,14 @@ def _torch_rows(
     rows = []
     t1, tb = torch.from_numpy(x1), torch.from_numpy(xb)
     on_runtime("pytorch-eager")
-    eager = _eager_model(checkpoint, load_bundle(bundle_dir, verify=False).card)
+    eager = _eager_model(checkpoint, bundle.card)
     if eager is None:
         rows.append(RuntimeBench("pytorch-eager", None, None, batch, None, "no checkpoint given (--checkpoint)"))
     else:
         with torch.inference_mode():
             rows.append(_measure("pytorch-eager", lambda: eager(t1), lambda: eager(tb), batch, runs))
     on_runtime("torchscript")
-    ts_path = bundle_dir / "model.ts"
+    ts_path = bundle.path / "model.ts"
     if ts_path.is_file():
         scripted = torch.jit.load(str(ts_path))
         with torch.inference_mode():

@@ -68,7 +68,7 @@ def _version_tags(card: dict[str, Any], git_commit: str | None) -> dict[str, str
         # the commit that trained it (recorded by export), else the one registering it
         "git_commit": card.get("git_commit") or git_commit or "unknown",
     }
-    return {k: str(v) for k, v in tags.items() if _known(None if v is None else str(v))}
+    return {k: str(v) for k, v in tags.items() if v is not None}
 
 
 def _score(tags: dict[str, str], metric: str) -> float:

@@ -225,10 +225,11 @@ def manifest_for(cfg: DatasetConfig, *, progress: Progress | None = None) -> Man
         record = split_record(cfg.manifest)
         if record.is_file():  # one plantdx made: the settings that only shape the split must still be in force
             recorded = json.loads(record.read_text())
-            changed = [f"{k}: {recorded.get(k)} -> {v}" for k, v in made_with.items() if recorded.get(k) != v]
-            if any(not c.startswith("seed:") for c in changed):
+            changed = {k: v for k, v in made_with.items() if recorded.get(k) != v}
+            if changed.keys() - {"seed"}:
+                listed = ", ".join(f"{k}: {recorded.get(k)} -> {v}" for k, v in changed.items())
                 raise DataError(
-                    f"{cfg.manifest} was split with other settings ({', '.join(changed)}), which it would silently "
+                    f"{cfg.manifest} was split with other settings ({listed}), which it would silently "
                     "override; use the settings it was made with, or delete it to split again"
                 )
             if changed:  # the seed also draws train_fraction's share and the sampler's order: those may change
