@@ -3,11 +3,16 @@ rules that matter in production (limits, probes, non-root, PDB, pinned images, d
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -17,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("development", "staging", "production")
@@ -348,7 +353,7 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
 
     job = one("training", "Job", "plantdx-train")
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    port = free_port()
+    port = _rendezvous_port()
     script = c["args"][0].replace("plantdx-train-0.plantdx-train", "127.0.0.1").replace("29500", str(port))
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking).search_experiments()  # create the store once: ranks starting together race on it
@@ -368,6 +373,9 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
         "PLANTDX_TRAIN__THREADS": "1",
         "PLANTDX_TRAIN__PROGRESS_BAR": "false",
     }
+    # Both "nodes" are this machine: their collectives go over the loopback, whatever the host name resolves to;
+    # and a rank that hangs prints where (the test sends it SIGABRT).
+    machine = {"GLOO_SOCKET_IFNAME": "lo", "PYTHONFAULTHANDLER": "1"}
     pod_env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     # Of the pod's own settings only the cluster-specific ones are replaced; the rest only shrink the run.
     replaced = {k for k in local if k in pod_env}
@@ -380,7 +388,7 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
     bin_dir = str(Path(sys.executable).parent)  # torchrun and python of this venv
-    env = base | pod_env | local | {"PATH": f"{bin_dir}:{base.get('PATH', '')}", "HOME": str(tmp_path)}
+    env = base | pod_env | local | machine | {"PATH": f"{bin_dir}:{base.get('PATH', '')}", "HOME": str(tmp_path)}
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the image's working directory holds configs/
     procs = [
         subprocess.Popen(
@@ -392,14 +400,9 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
         )
         for rank in range(2)
     ]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(2)]
-    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    codes = _wait_like_the_job(procs, timeout=300)
+    logs = [(tmp_path / f"node{rank}.log").read_text(errors="replace") for rank in range(2)]
+    assert codes == [0, 0], "\n".join(f"--- node {rank} ---\n{log[-12000:]}" for rank, log in enumerate(logs))
     assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in logs[0]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
     assert [p.name for p in (tmp_path / "shared" / "runs").iterdir()] == ["plant_cnn-job-uid"]
@@ -409,3 +412,60 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].data.params["train.num_nodes"] == "2"
+
+
+def _wait_like_the_job(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int | None]:
+    """Exit codes of the nodes; ``None`` for one that had to be stopped.
+
+    The Job (``backoffLimit: 0``) fails, and stops its other pods, as soon as one pod fails: a rank left waiting
+    for a dead peer would otherwise hang in its collectives for the process group's 30-minute timeout. Workers
+    still running then get SIGABRT first, so that their stacks (``PYTHONFAULTHANDLER``) land in the node's log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if any(p.returncode not in (None, 0) for p in procs):
+            break
+        time.sleep(0.2)
+    codes = [p.poll() for p in procs]
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        for pid in _descendants(p.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+    if running:
+        time.sleep(5)
+    for p in running:
+        p.terminate()  # torchrun stops its workers on SIGTERM (they run in sessions of their own)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return codes
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _rendezvous_port() -> int:
+    """A free port below the kernel's ephemeral range. In it, the port could be handed to an outgoing connection
+    while rank 0 is still starting, even to node 1's own retrying client, which then connects to itself."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
