@@ -46,7 +46,11 @@ def test_two_process_ddp_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
         "--set",
         f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:  # show how far the ranks got
+        out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        pytest.fail(f"DDP training did not finish in 300 s:\n{out[-6000:]}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in log
