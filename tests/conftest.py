@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -185,6 +186,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_below_ephemeral() -> int:
+    """For a port that a child process binds only seconds later (a DDP rendezvous): one in the kernel's ephemeral
+    range could meanwhile be handed to an outgoing connection, even to a retrying client of that very port, which
+    then connects to itself."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low <= 2048:  # (almost) every port is ephemeral here
+        return free_port()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import SMOKE
+from conftest import SMOKE, free_port_below_ephemeral
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def test_two_process_ddp_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
+    env["MASTER_PORT"] = str(free_port_below_ephemeral())  # Lightning's own pick is an ephemeral port
     cmd = [
         sys.executable,
         "-m",

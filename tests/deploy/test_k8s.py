@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, free_port_below_ephemeral
 
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("development", "staging", "production")
@@ -353,7 +351,7 @@ def test_the_training_jobs_launch_command_trains_across_two_nodes(tiny_dataset: 
 
     job = one("training", "Job", "plantdx-train")
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    port = _rendezvous_port()
+    port = free_port_below_ephemeral()
     script = c["args"][0].replace("plantdx-train-0.plantdx-train", "127.0.0.1").replace("29500", str(port))
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking).search_experiments()  # create the store once: ranks starting together race on it
@@ -454,18 +452,3 @@ def _descendants(pid: int) -> list[int]:
         for child in children:
             found += [child, *_descendants(child)]
     return found
-
-
-def _rendezvous_port() -> int:
-    """A free port below the kernel's ephemeral range. In it, the port could be handed to an outgoing connection
-    while rank 0 is still starting, even to node 1's own retrying client, which then connects to itself."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 10000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port below {low}")
