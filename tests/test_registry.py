@@ -148,7 +148,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
     else:
         proc.terminate()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
+        raise RuntimeError(f"mlflow server did not become healthy in 120 s: {(tmp / 'server.log').read_text()[-2000:]}")
     yield url
     proc.terminate()
     try:

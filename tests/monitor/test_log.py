@@ -42,6 +42,14 @@ def _pg_bindir() -> Path:
     return found[-1].parent
 
 
+def _run(cmd: list[str | Path], log: Path | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        server_log = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        command = " ".join(map(str, cmd))
+        pytest.fail(f"{command} exited {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}{server_log}")
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port (initdb + pg_ctl), as an unprivileged user if root."""
@@ -53,12 +61,10 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:  # postgres refuses to run as root
         shutil.chown(data.parent, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "plantdx"], check=True,
-                   capture_output=True)  # fmt: skip
+    _run([*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "plantdx"])
     log = data.parent / "pg.log"
-    subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-o",
-                    f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1", "start"], check=True,
-                   capture_output=True)  # fmt: skip
+    _run([*as_user, bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-o",
+          f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1", "start"], log=log)  # fmt: skip
     try:
         yield f"postgresql+psycopg://plantdx@127.0.0.1:{port}/postgres"
     finally:

@@ -31,7 +31,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = installed("redis-server", "apt-get install redis-server")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(folder)],
+         "--dir", str(folder), "--logfile", str(folder / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
@@ -42,9 +42,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             client.ping()
             break
         except redis.ConnectionError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise
+                log = folder / "redis.log"
+                said = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server did not answer: {said}") from None
             time.sleep(0.1)
     yield url
     proc.terminate()
