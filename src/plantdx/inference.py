@@ -18,6 +18,7 @@ from PIL import Image
 
 from plantdx.bundle import Bundle, BundleError, load_bundle
 from plantdx.images import load_rgb, preprocess, to_rgb
+from plantdx.monitor.profile import LUMA, input_rgb
 from plantdx.ood import ood_scores
 
 
@@ -246,15 +247,10 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return np.asarray(stops[lo] * (1 - frac) + stops[lo + 1] * frac)
 
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
 def input_contrast(x: np.ndarray, spec: dict[str, Any]) -> float:
-    """The luma spread of a preprocessed CHW input, on 0..1: the ``contrast`` that reference.json records."""
-    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
-    rgb = np.clip(x * std + mean, 0.0, 1.0)
-    return float(np.tensordot(LUMA, rgb, axes=1).std())
+    """The luma spread of a preprocessed CHW input, on 0..1: the ``contrast`` that reference.json records (only
+    that feature: the others cost more, and the log writer computes them off the request path)."""
+    return float((input_rgb(x, spec) @ LUMA).std())
 
 
 def contrast_floor(reference: dict[str, Any]) -> float | None:

@@ -25,6 +25,7 @@ IMAGE_FEATURES = (
     "sharpness",
 )
 EMBEDDING_COMPONENTS = 8
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601 weights: brightness and contrast are of luma
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
@@ -33,7 +34,7 @@ def image_features(image: np.ndarray) -> dict[str, float]:
     Sharpness is the variance of a 4-neighbour Laplacian of the luma: blur lowers it, noise raises it.
     """
     rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    luma = rgb @ LUMA
     high, low = rgb.max(axis=2), rgb.min(axis=2)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
     lap = -4 * luma[1:-1, 1:-1] + luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]
@@ -57,9 +58,14 @@ def features_from_input(x: np.ndarray, spec: dict[str, Any]) -> dict[str, float]
 
     The reference profile measured the same resized image as uint8, so the two agree to float rounding.
     """
+    return image_features(input_rgb(x, spec))
+
+
+def input_rgb(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A preprocessed CHW model input back to the HWC RGB image on 0..1 that it was normalised from."""
     mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
-    return image_features(np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0))
+    return np.asarray(np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0))
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
