@@ -147,15 +147,14 @@ class Registry:
 
         try:
             return self._info(self.client.get_model_version_by_alias(self.name, alias))
-        except MlflowException as exc:
-            missing_model = exc.error_code == "RESOURCE_DOES_NOT_EXIST"
-            missing_alias = (
-                exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
-            )
-            if missing_model or missing_alias:
-                return None
-            raise TrackingError(f"cannot read alias {alias!r} of {self.name} at {self.tracking.uri}: {exc}") from None
         except Exception as exc:
+            if isinstance(exc, MlflowException):
+                missing_model = exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+                missing_alias = (
+                    exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+                )
+                if missing_model or missing_alias:
+                    return None
             raise TrackingError(
                 f"cannot read alias {alias!r} of {self.name} at {self.tracking.uri}: {type(exc).__name__}: {exc}"
             ) from None
