@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from plantdx.checkpoints import load_trained
 from plantdx.config import load_settings
 from plantdx.data.datamodule import training_rows
-from plantdx.train import load_trained
 
 TARGET_ACCURACY = 0.99
 

@@ -32,7 +32,7 @@ def _port() -> int:
 def run(log_url: str, photos: list[bytes], workdir: Path) -> dict[str, float]:
     port = _port()
     cmd = [sys.executable, "-m", "plantdx.cli", "serve", "--port", str(port), "--set", f"monitor.log_url={log_url}",
-           "--set", "serve.rate_limit=1000000/minute", "--set", "monitor.check_interval_s=0",
+           "--set", "serve.rate_limit=1000000/minute", "--set", "monitor.verdict_poll_s=0",
            "--set", "serve.log_level=WARNING"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from plantdx.config import Settings, load_settings, parse_overrides
-from plantdx.errors import ConfigError
+from plantdx.config import DataRoot, DatasetConfig, Settings, load_settings, parse_overrides
+from plantdx.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -38,9 +38,26 @@ def test_precedence_defaults_yaml_env_cli(tmp_path: Path, monkeypatch: pytest.Mo
     assert (s.train.lr, s.train.max_epochs, s.model.name) == (0.3, 7, "resnet50")  # CLI beats env
 
 
-def test_plantdx_data_sets_the_dataset_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_plantdx_data_sets_the_dataset_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PLANTDX_DATA", str(tmp_path))
-    assert load_settings().dataset.root == tmp_path
+    assert load_settings().dataset.root == [DataRoot(path=tmp_path, domain="lab")]
+    monkeypatch.setenv("PLANTDX_DATA", f"{tmp_path}/lab:field={tmp_path}/field:nonleaf={tmp_path}/other")
+    roots = load_settings().dataset.root
+    assert [(r.key, r.domain) for r in roots] == [("lab", "lab"), ("field", "field"), ("other", "nonleaf")]
+
+
+def test_roots_come_as_a_path_a_list_or_mappings_and_need_distinct_names(tmp_path: Path) -> None:
+    one = load_settings(overrides=[f"dataset.root={tmp_path}"]).dataset
+    assert one.root == [DataRoot(path=tmp_path)] and one.root_path("") == tmp_path
+    many = load_settings(overrides=[f'dataset.root=["{tmp_path}/a", "field={tmp_path}/b"]']).dataset
+    assert many.root_path("b") == tmp_path / "b" and many.locate("a", "X___y/1.jpg") == tmp_path / "a/X___y/1.jpg"
+    assert many.locate("a", "/elsewhere/feedback.jpg") == Path("/elsewhere/feedback.jpg")
+    with pytest.raises(DataError, match="root 'c', which dataset.root does not configure"):
+        many.root_path("c")
+    mapped = DatasetConfig(root=[{"path": tmp_path / "a", "domain": "field", "name": "mine", "test_fraction": 0.3}])
+    assert mapped.root[0].key == "mine" and mapped.root[0].test_fraction == 0.3
+    with pytest.raises(ConfigError, match="two roots share a name"):
+        load_settings(overrides=[f'dataset.root=["{tmp_path}/a", "{tmp_path}/x/a"]'])
 
 
 def test_overrides_parse_yaml_scalars() -> None:

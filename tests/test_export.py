@@ -28,7 +28,8 @@ from plantdx.export import (
     torch_logits,
 )
 from plantdx.images import load_rgb
-from plantdx.inference import Predictor, heatmap_png, softmax
+from plantdx.inference import Predictor, heatmap_png
+from plantdx.scores import softmax
 from plantdx.train import TrainResult
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_torch_and_numpy_preprocessing_agree_on_images(
     """The albumentations eval transform (training) and the bundle's numpy+PIL path (serving) give the same input,
     and the model gives the same answer on both."""
     settings, result = trained_tiny
-    from plantdx.train import load_trained
+    from plantdx.checkpoints import load_trained
 
     trained = load_trained(settings, checkpoint=result.best_checkpoint)
     dm = PlantDataModule(settings.dataset.model_copy(update={"image_size": 32}), trained.manifest)
@@ -168,30 +169,11 @@ def test_explain_returns_a_heat_map_png(exported: ExportResult) -> None:
     assert png == heatmap_png(cam[0, predictor.labels.index(prediction.label)], 32)
 
 
-def test_bench_measures_every_runtime_of_a_bundle(exported: ExportResult, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from plantdx.cli import app
-
-    result = CliRunner().invoke(
-        app, ["bench", str(exported.bundle), "--runs", "10", "--batch", "4", "--threads", "1", "-o", str(tmp_path)]
-    )
-    assert result.exit_code == 0, result.output
-    rows = {r["runtime"]: r for r in json.loads((tmp_path / "model_runtimes.json").read_text())["results"]}
-    assert set(rows) == {"pytorch-eager", "torchscript", "onnxruntime-fp32", "onnxruntime-int8"}
-    assert rows["onnxruntime-fp32"]["p50_ms"] > 0 and rows["torchscript"]["throughput_ips"] > 0
-    assert rows["pytorch-eager"]["p50_ms"] is None and "checkpoint" in rows["pytorch-eager"]["note"]
-
-
-def test_bench_and_export_report_each_step_for_the_progress_bars(
-    exported: ExportResult, trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
+def test_export_reports_each_step_for_the_progress_bar(
+    trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
 ) -> None:
-    from plantdx.bench import RUNTIMES, bench_bundle
     from plantdx.export import EXPORT_STEPS, export
 
-    heard: list[str] = []
-    rows = bench_bundle(exported.bundle, threads=1, runs=10, batch=2, on_runtime=heard.append)
-    assert heard == [r.runtime for r in rows] == list(RUNTIMES)
     settings, trained = trained_tiny
     steps: list[str] = []
     export(settings, tmp_path / "bundle", run_id=trained.run_id, on_step=steps.append)

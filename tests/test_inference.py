@@ -15,12 +15,14 @@ import pytest
 from conftest import make_leaf
 from plantdx.bundle import write_card
 from plantdx.export import ExportResult
-from plantdx.inference import Predictor, softmax
+from plantdx.inference import Predictor
+from plantdx.scores import softmax
 
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, plantdx.inference, plantdx.bundle, plantdx.images, plantdx.monitor, plantdx.serve, plantdx.cli; "
+        "import sys, plantdx.inference, plantdx.bundle, plantdx.images, plantdx.serve.app, plantdx.serve.tasks, "
+        "plantdx.serve.prediction_log, plantdx.monitor.drift, plantdx.cli; "
         "heavy = [m for m in ('torch', 'lightning', 'timm', 'torchvision', 'albumentations', 'mlflow') "
         "if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"

@@ -58,7 +58,7 @@ def test_feedback_monitor_and_retrain_close_the_loop(
     registry.promote(champion.version)
 
     # serve the champion; growers send photos and label them
-    served = serve_settings(exported.bundle, f"monitor.log_url={log_url}", "monitor.check_interval_s=0")
+    served = serve_settings(exported.bundle, f"monitor.log_url={log_url}", "monitor.verdict_poll_s=0")
     dataset_photo = (tiny_dataset / TINY_CLASSES[0] / "img_001.jpg").read_bytes()  # already in the dataset
     with TestClient(create_app(served)) as client:
         photos = [(label, _jpeg(label, 50_000 + 10 * i + k)) for k, label in enumerate(TINY_CLASSES) for i in range(4)]

@@ -14,12 +14,13 @@ from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
 from conftest import SMOKE
+from plantdx.checkpoints import load_trained
 from plantdx.config import Settings, load_settings
 from plantdx.data.datamodule import training_rows
 from plantdx.errors import PlantdxError
 from plantdx.evaluate import evaluate
 from plantdx.model import create_model
-from plantdx.train import load_trained, train
+from plantdx.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_env")]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plantdx.data.scan import sha256_file
+from plantdx.digest import sha256_file
 from plantdx.errors import PlantdxError
 
 REQUIRED_FILES = ("model.onnx", "labels.json", "preprocess.json", "calibration.json", "reference.json", "card.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -20,19 +20,76 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from plantdx.errors import ConfigError
+from plantdx.errors import ConfigError, DataError
 
 DATA_ENV = "PLANTDX_DATA"
+NONLEAF = "nonleaf"  # the domain of a root of photos that are not leaves: its folders are categories, not classes
+# The shared data folders beside a checkout, and what each holds (../shared/data/README.md).
+SHARED_ROOTS = (
+    ("plantvillage", "lab"),
+    ("plantvillage-more", "lab"),
+    ("plantdoc-field", "field"),
+    ("nonleaf", NONLEAF),
+)
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout (or beside the source tree, for an editable install elsewhere)."""
+    beside_cwd = Path.cwd().parent / "shared" / "data"
+    beside_source = Path(__file__).resolve().parents[3] / "shared" / "data"  # editable install
+    return next((p for p in (beside_cwd, beside_source) if p.is_dir()), beside_cwd)
+
+
+def default_data_roots() -> list[DataRoot]:
+    """``PLANTDX_DATA`` (``:``-separated; an entry ``field=/path`` names the root's domain), else the shared data
+    folders that exist (lab photos, field photos, photos that are not leaves)."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return [DataRoot.parse(entry) for entry in env.split(":") if entry.strip()]
+    shared = shared_data_dir()
+    found = [DataRoot(path=shared / name, domain=domain) for name, domain in SHARED_ROOTS if (shared / name).is_dir()]
+    return found or [DataRoot(path=shared / "plantvillage")]
 
 
 def default_data_root() -> Path:
-    """Real images: ``PLANTDX_DATA``, else ``../shared/data/plantvillage`` beside the checkout."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    beside_cwd = Path.cwd().parent / "shared" / "data" / "plantvillage"
-    beside_source = Path(__file__).resolve().parents[3] / "shared" / "data" / "plantvillage"  # editable install
-    return next((p for p in (beside_cwd, beside_source) if p.is_dir()), beside_cwd)
+    """The first root of the default data: the PlantVillage lab photos when nothing else is configured."""
+    return default_data_roots()[0].path
+
+
+class DataRoot(BaseModel):
+    """One folder of class folders (``Crop___Disease/``) and the kind of photos it holds.
+
+    ``domain`` names the kind: ``lab`` (a detached leaf on a plain board, the default), ``field`` (leaves on the
+    plant), any name of a user's own, or ``nonleaf``: photos that are not leaves, whose folders are categories
+    (animals, tools, rooms) learnt together as "not a leaf". Scores are reported per domain.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    domain: str = Field("lab", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, description="how manifests name it; default: the folder's name")
+    val_fraction: float | None = Field(None, gt=0, lt=1, description="this root's share; default dataset's")
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            return cls.parse(str(value)).model_dump()
+        return value
+
+    @classmethod
+    def parse(cls, text: str) -> DataRoot:
+        """``/data/pv`` or ``field=/data/plantdoc``."""
+        domain, sep, path = text.partition("=")
+        if sep and "/" not in domain and domain.strip():
+            return cls(path=Path(path.strip()), domain=domain.strip())
+        return cls(path=Path(text.strip()))
+
+    @property
+    def key(self) -> str:
+        return self.name or self.path.name or str(self.path)
 
 
 class _Section(BaseModel):
@@ -45,10 +102,25 @@ class DatasetConfig(_Section):
     Named ``dataset`` rather than ``data`` so that ``PLANTDX_DATA`` stays a plain path variable.
     """
 
-    root: Path = Field(default_factory=default_data_root)
+    root: list[DataRoot] = Field(
+        default_factory=default_data_roots,
+        description="one or more folders of class folders (a path, 'domain=path', or {path, domain, ...})",
+    )
     manifest: Path | None = None
-    metadata: Path | None = None
+    metadata: Path | None = Field(None, description="the metadata CSV of a single root; default: its metadata.csv")
     seed: int = 42
+    split_by: Literal["leaf", "series"] = Field(
+        "leaf",
+        description="leaf: photos of one leaf stay together; series: whole runs of a photo series stay together "
+        "(`series_blocks` runs of consecutive photo numbers per class and series), so a test photo comes from a "
+        "part of a session no training photo does",
+    )
+    series_blocks: int = Field(20, ge=2, description="runs each (class, series) is cut into by the series split")
+    domain_fractions: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="(val, test) shares of a domain's images, e.g. field: [0.2, 0.3] for a larger field test set; "
+        "a root's own val_fraction/test_fraction come first, then these, then val_fraction/test_fraction",
+    )
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
     max_per_class: int | None = Field(None, ge=3, description="take a stratified slice (tests, smoke runs)")
@@ -58,8 +130,19 @@ class DatasetConfig(_Section):
     interpolation: Literal["bilinear", "area", "bicubic"] = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    augment: Literal["none", "light", "standard"] = "standard"
+    augment: Literal["none", "light", "standard", "field"] = Field(
+        "standard", description="field: crops, light, blur, noise, JPEG and occlusion of field photos (transforms.py)"
+    )
+    board_swap: float = Field(
+        0.0, ge=0, le=1, description="share of lab training photos whose board is replaced by a non-leaf scene"
+    )
     balance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    domain_weights: dict[str, float] | None = Field(
+        None,
+        description="with balance=sampler: each domain's share of an epoch's samples (e.g. lab 0.6, field 0.3, "
+        "nonleaf 0.1), classes balanced within it; none: every image equally likely",
+    )
+    epoch_size: int | None = Field(None, ge=1, description="training samples per epoch (sampler); default: all")
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(1, ge=0)
     cache_images: bool = True
@@ -74,13 +157,44 @@ class DatasetConfig(_Section):
         description="learn from this share of each class's training images (a learning curve); val and test unchanged",
     )
 
+    @field_validator("root", mode="before")
+    @classmethod
+    def _roots_as_list(cls, value: Any) -> Any:
+        """One root or several: ``/a``, ``/a:field=/b`` (as ``PLANTDX_DATA``), a mapping, or a list of any."""
+        if isinstance(value, str):
+            return [v for v in value.split(":") if v.strip()]
+        return list(value) if isinstance(value, list | tuple) else [value]
+
     @model_validator(mode="after")
     def _fractions_leave_a_train_split(self) -> DatasetConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
         if self.resize_to < self.image_size:
             raise ValueError(f"resize ({self.resize_to}) is below image_size ({self.image_size}): nothing to crop")
+        if not self.root:
+            raise ValueError("dataset.root names no folder")
+        keys = [r.key for r in self.root]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"two roots share a name ({', '.join(keys)}): give one a `name`")
         return self
+
+    def root_path(self, key: str) -> Path:
+        """The folder of the root a manifest row names (an empty name: the first root, as in one-root manifests)."""
+        if not key:
+            return self.root[0].path
+        for r in self.root:
+            if r.key == key:
+                return r.path
+        raise DataError(f"the manifest names root {key!r}, which dataset.root does not configure ({self.root_keys})")
+
+    def locate(self, root: str, path: str) -> Path:
+        """The file of a manifest row: its root's folder / its path (an absolute path, a feedback photo, as is)."""
+        file = Path(path)
+        return file if file.is_absolute() else self.root_path(root) / file
+
+    @property
+    def root_keys(self) -> str:
+        return ", ".join(r.key for r in self.root)
 
     @property
     def resize_to(self) -> int:
@@ -140,6 +254,10 @@ class ExportConfig(_Section):
     reference_images: int = Field(600, ge=10, description="validation images in the drift reference profile")
     abstain_target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy above the abstain threshold")
     abstain_floor: float = Field(0.3, ge=0, lt=1, description="the abstain threshold is never lower than this")
+    robustness: bool = Field(True, description="score the test leaves under blur, darkening, noise and JPEG too")
+    reject_threshold: float = Field(
+        0.5, gt=0, le=1, description="a model with a 'not a leaf' class abstains when that class has this probability"
+    )
     ood_quantile: float | None = Field(
         0.975, gt=0.5, lt=1, description="out-of-distribution threshold: this quantile of validation scores; none: off"
     )
@@ -214,7 +332,6 @@ class ServeConfig(_Section):
     job_visibility_timeout_s: int = Field(
         60, ge=1, description="Redis: a job whose worker died is handed to another worker after this long"
     )
-    fault_job_delay_s: float = Field(0.0, ge=0, description="fault drills only: each job sleeps this long first")
     cors_origins: list[str] = Field(default_factory=list, description="closed by default")
     trusted_proxies: list[str] = Field(default_factory=list, description="whose X-Forwarded-For is believed")
     drain_timeout_s: float = Field(20.0, gt=0)
@@ -250,9 +367,14 @@ class MonitorConfig(_Section):
     drift_share: float = Field(
         0.04, gt=0, le=1, description="the window drifts when this share of columns drifted (0.04: any one of 25)"
     )
-    check_interval_s: float = Field(300, ge=0, description="periodic drift check in the service; 0: off")
+    check_interval_s: float = Field(
+        300, gt=0, description="how often `plantdx monitor --watch` checks drift (it runs beside the service)"
+    )
+    verdict_poll_s: float = Field(
+        15, ge=0, description="how often the service reads the latest drift verdict for its gauges; 0: only on request"
+    )
     alert_webhook: str | None = Field(None, description="POSTed a JSON payload when a drift check finds drift")
-    report_dir: Path = Field(Path("monitoring"), description="where the service and `plantdx monitor` write reports")
+    report_dir: Path = Field(Path("monitoring"), description="where `plantdx monitor` writes its latest report files")
     feedback_window: int = Field(500, ge=1, description="live accuracy over the last N labelled predictions")
 
 

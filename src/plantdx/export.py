@@ -6,6 +6,7 @@ ONNX Runtime, i.e. the path that serving takes.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,17 +27,20 @@ import torchvision
 from torch import nn
 
 import plantdx
-from plantdx.bundle import load_bundle, write_card
-from plantdx.config import ExportConfig, Settings
+from plantdx.bundle import Bundle, load_bundle, write_card
+from plantdx.config import NONLEAF, DatasetConfig, ExportConfig, Settings
+from plantdx.corruptions import score_corrupted
+from plantdx.data.scan import NOT_A_LEAF
 from plantdx.data.split import Manifest, ManifestRow
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError
-from plantdx.evaluate import EvalReport, compute_report, expected_calibration_error
 from plantdx.images import load_rgb, resize_for_model, to_input
-from plantdx.inference import create_session, softmax
+from plantdx.inference import Diagnosis, Predictor, create_session
 from plantdx.model import PlantClassifier, PlantCNN
-from plantdx.monitor import features_from_input, reference_profile
 from plantdx.ood import fit_detector
+from plantdx.profile import features_from_input, reference_profile
+from plantdx.scores import EvalReport, compute_report, expected_calibration_error, softmax
+from plantdx.weights import PACKAGED
 
 OPSET = 18
 
@@ -270,12 +275,14 @@ def single_image_latency(session: Any, example: np.ndarray, runs: int = 200, war
 T_MIN, T_MAX = 0.05, 20.0
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation NLL (a 1-D convex problem in log T: golden-section search)."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The temperature minimising validation NLL, each image counted by its ``weight`` (a 1-D convex problem in
+    log T: golden-section search)."""
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
 
     def nll(log_t: float) -> float:
         p = softmax(logits, float(np.exp(log_t)))
-        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        return float(-(w * np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))).sum() / w.sum())
 
     lo, hi = np.log(T_MIN), np.log(T_MAX)
     ratio = (np.sqrt(5) - 1) / 2
@@ -293,43 +300,111 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def calibration_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str | None]:
+def calibration_temperature(
+    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, str | None]:
     """``fit_temperature``, unless the fit ran into its bounds, and then 1 with the reason.
 
     With no validation error the NLL falls all the way to T = 0.05: logits sharpened 20 times, every answer ~100 %
     sure, and abstention switched off. That is no calibration, so the logits are then left as they are.
     """
-    t = fit_temperature(logits, labels)
+    t = fit_temperature(logits, labels, weights)
     if T_MIN * 1.5 < t < T_MAX / 1.5:  # golden section stops near, not at, a bound
         return t, None
     errors = int((logits.argmax(1) != labels).sum())
     return 1.0, f"the fit ran to its bound T = {t:.3g} ({errors} validation errors); T = 1 kept"
 
 
+def domain_balance(domains: np.ndarray) -> np.ndarray:
+    """Per-image weights under which every domain counts the same in total."""
+    names, inverse, counts = np.unique(domains, return_inverse=True, return_counts=True)
+    return np.asarray(len(domains) / (len(names) * counts[inverse]), dtype=np.float64)
+
+
+def answers_of(probs: np.ndarray, reject: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a bundle answers: the most likely disease class, its probability, and P(not a leaf) (0 without one)."""
+    leaf = probs.copy()
+    not_leaf = np.zeros(len(probs))
+    if reject is not None:
+        not_leaf = probs[:, reject].copy()
+        leaf[:, reject] = -1.0
+    return leaf.argmax(1), leaf.max(1), not_leaf
+
+
 def abstain_threshold(
-    probs: np.ndarray, labels: np.ndarray, target_accuracy: float, floor: float
+    probs: np.ndarray,
+    labels: np.ndarray,
+    target_accuracy: float,
+    floor: float,
+    *,
+    reject: int | None = None,
+    reject_threshold: float = 0.5,
 ) -> tuple[float, bool]:
     """Lowest confidence above which validation accuracy reaches ``target_accuracy`` (never below ``floor``).
 
-    Returns the threshold and whether the target was reached; when it is not, 0.99 is used and the bundle's
-    calibration.json says so (nearly every answer will then be an abstention).
+    The answers are the disease classes; a photo the "not a leaf" output (``reject``) turns away is not answered
+    whatever the threshold. Returns the threshold and whether the target was reached; when it is not, 0.99 is used
+    and the bundle's calibration.json says so (nearly every answer will then be an abstention).
     """
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == labels
+    predicted, confidence, not_leaf = answers_of(probs, reject)
+    correct = predicted == labels
     for t in np.linspace(floor, 0.99, 99):
-        kept = confidence >= t
+        kept = (confidence >= t) & (not_leaf < reject_threshold)
         if kept.any() and correct[kept].mean() >= target_accuracy:
             return float(t), True
     return 0.99, False
 
 
+TAGGED = ("accuracy", "f1_macro", "abstained", "answered_accuracy")  # per domain, also flat in card["metrics"]
+
+
+def served_scores(
+    answers: Sequence[Diagnosis],
+    rows: Sequence[ManifestRow],
+    logits: np.ndarray,
+    labels: np.ndarray,
+    temperature: float,
+    classes: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Per domain, what the served answers were worth: accuracy, macro-F1 and the lowest class recall of the answer
+    given (the most likely disease, even when abstaining) over every photo, calibration error, and how many were
+    abstained on and how right the others were. For photos that are not leaves, how many were turned away."""
+    domains = np.array([r.domain for r in rows])
+    abstained = np.array([a.abstained for a in answers])
+    predicted = np.array([classes.index(a.label) for a in answers])
+    out: dict[str, dict[str, Any]] = {}
+    for domain in dict.fromkeys(domains.tolist()):
+        mask = domains == domain
+        scores: dict[str, Any] = {"images": int(mask.sum()), "abstained": float(abstained[mask].mean())}
+        if domain != NONLEAF:
+            one_hot = np.eye(len(classes))[predicted[mask]]  # the answers given (a disease class), scored as such
+            report = compute_report(one_hot, labels[mask], classes, macro_over="truth")
+            answered = mask & ~abstained
+            recalls = {c: s.recall for c, s in report.per_class.items() if s.support > 0}
+            scores |= {
+                "accuracy": float((predicted[mask] == labels[mask]).mean()),
+                "f1_macro": report.f1_macro,
+                "min_class_recall": min(recalls.values()),
+                "recall_per_class": recalls,
+                "ece": expected_calibration_error(softmax(logits[mask], temperature), labels[mask]),
+                "answered": float(answered.sum() / mask.sum()),
+                "answered_accuracy": float((predicted[answered] == labels[answered]).mean())
+                if answered.any()
+                else None,
+            }
+        out[str(domain)] = scores
+    return out
+
+
 # -- the bundle ---------------------------------------------------------------------------------------------------
 
 
-def _inputs(root: Path, rows: Sequence[ManifestRow], spec: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _inputs(
+    cfg: DatasetConfig, rows: Sequence[ManifestRow], spec: dict[str, Any]
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Preprocessed model inputs plus the resized uint8 images (for the drift profile)."""
     size, crop, how = int(spec["resize"]), int(spec["crop"]), str(spec["interpolation"])
-    resized = [resize_for_model(load_rgb(root / r.path, size), size, crop, how) for r in rows]
+    resized = [resize_for_model(load_rgb(cfg.locate(r.root, r.path), size), size, crop, how) for r in rows]
     return np.stack([to_input(img, spec) for img in resized]), resized
 
 
@@ -399,7 +474,7 @@ def _write_bundle(
         raise ExportError("the model's classes differ from the manifest's")
     data_cfg = settings.dataset.model_copy(update={"image_size": int(module.hparams["image_size"])})
     spec = preprocess_spec(data_cfg)
-    root = data_cfg.root
+    root = data_cfg
     index = {c: i for i, c in enumerate(classes)}
     started = time.perf_counter()
     model = module.model.eval().cpu()
@@ -421,30 +496,43 @@ def _write_bundle(
     val_x, _ = _inputs(root, val_rows, spec)
     val_y = np.array([index[r.label] for r in val_rows])
     val_logits = onnx_logits(session, val_x)
-    temperature, temperature_note = calibration_temperature(val_logits, val_y)
+    val_domains = np.array([r.domain for r in val_rows])
+    reject = index.get(NOT_A_LEAF)
+    # One temperature for every domain, fitted with each domain weighing the same: the few field photos count as
+    # much as the many lab ones.
+    temperature, temperature_note = calibration_temperature(val_logits, val_y, domain_balance(val_domains))
+    # The abstain threshold is set where answering is hardest: on the field photos when there are some.
+    hardest = "field" if "field" in val_domains else None
+    chosen = (val_domains == hardest) if hardest else (val_domains != NONLEAF)
+    val_probs = softmax(val_logits[chosen], temperature)
     threshold, target_met = abstain_threshold(
-        softmax(val_logits, temperature), val_y, cfg.abstain_target_accuracy, cfg.abstain_floor
+        val_probs,
+        val_y[chosen],
+        cfg.abstain_target_accuracy,
+        cfg.abstain_floor,
+        reject=reject,
+        reject_threshold=cfg.reject_threshold,
     )
     test_report = compute_report(test_logits, test_y, classes)
     calibrated_ece = expected_calibration_error(softmax(test_logits, temperature), test_y)
-    calibration = {
+    calibration: dict[str, Any] = {
         "temperature": temperature,
         "abstain_threshold": threshold,
         "fitted_on": "val",
-        "val_images": len(val_rows),
+        "val_images": dict(Counter(val_domains.tolist())),
         "abstain_target_accuracy": cfg.abstain_target_accuracy,
+        "abstain_target_domain": hardest or "all",
         "abstain_target_met": target_met,
-        "test_ece_before": test_report.ece,
-        "test_ece_after": calibrated_ece,
-        "test_abstain_rate": float((softmax(test_logits, temperature).max(1) < threshold).mean()),
+        **({"reject_label": NOT_A_LEAF, "reject_threshold": cfg.reject_threshold} if reject is not None else {}),
         **({"temperature_note": temperature_note} if temperature_note else {}),
     }
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
 
-    # the drift reference: held-out images (training images would make every served confidence look low), featured
-    # from the model input exactly as the service features what it serves
+    # the drift reference: held-out leaf photos (training images would make every served confidence look low),
+    # featured from the model input exactly as the service features what it serves
     on_step(EXPORT_STEPS[2])
-    pick = _sample(list(range(len(val_rows))), cfg.reference_images, settings.dataset.seed)
+    leaves = [i for i, r in enumerate(val_rows) if r.domain != NONLEAF]
+    pick = _sample(leaves, cfg.reference_images, settings.dataset.seed)
     ref_x = val_x[pick]
     has_embedding = "embedding" in {o.name for o in session.get_outputs()}
     ref_out = onnx_outputs(session, ref_x, ["logits", "embedding"] if has_embedding else ["logits"])
@@ -454,27 +542,37 @@ def _write_bundle(
         classes,
         manifest.digest,
         embeddings=ref_out[1] if has_embedding else None,
-        source="validation split",
+        source="validation split (leaf photos)",
     )
     (out / "reference.json").write_text(json.dumps(profile) + "\n")
     if has_embedding and cfg.ood_quantile is not None:  # "this does not look like a leaf I know" (plantdx.ood)
-        train_rows = manifest.split("train")
+        train_rows = [r for r in manifest.split("train") if r.domain != NONLEAF]
         train_emb = np.concatenate(
             [
                 onnx_outputs(session, _inputs(root, train_rows[i : i + 256], spec)[0], ["embedding"])[0]
                 for i in range(0, len(train_rows), 256)
             ]
         )
+        test_leaves = np.array([r.domain != NONLEAF for r in test_rows])
         calibration["ood"] = fit_detector(
             train_emb,
             np.array([index[r.label] for r in train_rows]),
-            onnx_outputs(session, val_x, ["embedding"])[0],
-            onnx_outputs(session, test_x, ["embedding"])[0],
+            onnx_outputs(session, val_x[val_domains != NONLEAF], ["embedding"])[0],
+            onnx_outputs(session, test_x[test_leaves], ["embedding"])[0],
             quantile=cfg.ood_quantile,
         )
         (out / "calibration.json").write_text(json.dumps(calibration) + "\n")
     (out / "labels.json").write_text(json.dumps(classes) + "\n")
     (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
+    # Every test photo through the serving path (the staged bundle's Predictor): what a grower would have been told.
+    served = Predictor(Bundle(out, classes, spec, calibration, profile, {}))
+    answers = served.answer(served.forward(test_x), test_x)
+    by_domain = served_scores(answers, test_rows, test_logits, test_y, temperature, classes)
+    robustness = None
+    if cfg.robustness:  # the test leaves, spoilt as phones spoil photos (plantdx.corruptions)
+        leaf_rows = [r for r in test_rows if r.domain != NONLEAF]
+        photos = [load_rgb(root.locate(r.root, r.path)) for r in leaf_rows]
+        robustness = score_corrupted(served, photos, [r.label for r in leaf_rows], seed=settings.dataset.seed)
 
     on_step(EXPORT_STEPS[3])
     fp32_latency = single_image_latency(session, test_x[0])
@@ -502,6 +600,7 @@ def _write_bundle(
     card = {
         "name": settings.tracking.registered_model,
         "architecture": module.hparams["model_name"],
+        "recipe": recipe_of(settings, module),
         "parameters": sum(p.numel() for p in model.parameters()),
         "classes": len(classes),
         "input_size": spec["crop"],
@@ -514,7 +613,11 @@ def _write_bundle(
             "test_ece_uncalibrated": test_report.ece,
             "test_images": test_report.n,
             "test_f1_per_class": {c: s.f1 for c, s in test_report.per_class.items()},
+            "test_abstained": float(np.mean([a.abstained for a in answers])),
+            **{f"test_{d}_{k}": v for d, scores in by_domain.items() for k, v in scores.items() if k in TAGGED},
+            "domains": by_domain,
         },
+        **({"robustness": robustness} if robustness is not None else {}),
         "latency_ms": {
             "onnx_fp32_p50": fp32_latency.p50_ms,
             "onnx_fp32_p99": fp32_latency.p99_ms,
@@ -527,7 +630,7 @@ def _write_bundle(
             "manifest_sha256": manifest.digest,
             "test_sha256": manifest.test_digest,
             "images": len(manifest.rows),
-            "root": str(root),
+            "roots": {r.key: {"path": str(r.path), "domain": r.domain} for r in root.root},
         },
         "run_id": run_id,
         "seed": settings.train.seed,
@@ -591,6 +694,45 @@ def _try_int8(
     return {**result, "kept": True}
 
 
+def recipe_of(settings: Settings, module: PlantClassifier) -> dict[str, Any]:
+    """How the model was made, as the card tells it: the warm start (which weights, from which package), the
+    schedule, the data mix and the augmentation."""
+    hp, data, train = module.hparams, settings.dataset, settings.train
+    name = str(hp["model_name"])
+    recipe: dict[str, Any] = {
+        "model": name,
+        "image_size": int(hp["image_size"]),
+        "split_by": data.split_by,
+        "augment": data.augment,
+        "board_swap": data.board_swap,
+        "balance": data.balance,
+        "domain_weights": data.domain_weights,
+        "epoch_size": data.epoch_size,
+        "max_epochs": train.max_epochs,
+        "lr": train.lr,
+        "scheduler": train.scheduler,
+        "label_smoothing": train.label_smoothing,
+        "freeze_backbone_epochs": settings.model.freeze_backbone_epochs,
+        "input_scaling": {"mean": list(data.mean), "std": list(data.std)},
+    }
+    if hp.get("pretrained") and name in PACKAGED:
+        weights = PACKAGED[name]
+        try:
+            version = importlib.metadata.version(weights.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        recipe["warm_start"] = {
+            "weights": "ImageNet-1k",
+            "package": weights.distribution,
+            "version": version,
+            "licence": weights.licence,
+            "input_scaling_of_the_weights": {"mean": list(weights.mean), "std": list(weights.std)},
+        }
+    elif hp.get("pretrained_path"):
+        recipe["warm_start"] = {"file": Path(str(hp["pretrained_path"])).name}
+    return recipe
+
+
 def int8_refusals(speedup: float, drop_points: float, cfg: ExportConfig) -> list[str]:
     """Why the INT8 model is not worth keeping (empty: keep it): fast enough and accurate enough, both."""
     reasons = []
@@ -612,7 +754,7 @@ def export(
     on_step: Callable[[str], None] = _no_step,
 ) -> ExportResult:
     """Export the best checkpoint of a run (or a checkpoint file, or the run behind a registered version)."""
-    from plantdx.train import load_trained
+    from plantdx.checkpoints import load_trained
 
     if version is not None:
         from plantdx.registry import Registry

@@ -12,6 +12,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601 weights: brightness and contrast are of luma
 PIL_INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
     "area": Image.Resampling.BOX,
@@ -118,3 +119,10 @@ def model_view(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     """A decoded RGB image -> the model's CHW float32 input."""
     return to_input(model_view(img, spec), spec)
+
+
+def input_rgb(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """A preprocessed CHW model input back to the HWC RGB image on 0..1 that it was normalised from."""
+    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
+    return np.asarray(np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0))

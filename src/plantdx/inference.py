@@ -10,27 +10,25 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
 from plantdx.bundle import Bundle, BundleError, load_bundle
-from plantdx.images import load_rgb, preprocess, to_rgb
-from plantdx.monitor.profile import LUMA, input_rgb
+from plantdx.images import LUMA, input_rgb, load_rgb, model_view, preprocess, to_rgb
 from plantdx.ood import ood_scores
+from plantdx.scores import softmax
 
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+if TYPE_CHECKING:
+    from plantdx.config import TrackingConfig
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Diagnosis:
+    """One photo's answer: the class, its calibrated confidence, and whether (and why) the model abstains."""
+
     label: str
     confidence: float
     probabilities: dict[str, float]
@@ -85,6 +83,11 @@ class Predictor:
             else None
         )
         self.min_contrast = contrast_floor(self.bundle.reference)
+        # A model that learnt "not a leaf" as a class of its own: that output is never the answer, it is a reason
+        # to abstain (above ``reject_threshold``); the answer is the most likely disease class.
+        reject = self.bundle.calibration.get("reject_label")
+        self.reject = self.labels.index(reject) if reject in self.labels else None
+        self.reject_threshold = float(self.bundle.calibration.get("reject_threshold", 0.5))
 
     def _check_widths(self) -> None:
         """labels.json must name every logit: else the service would warm up, report ready, then fail each call."""
@@ -141,12 +144,22 @@ class Predictor:
         n = len(self.labels)
         return out[..., :n], (out[..., n:] if out.shape[-1] > n else None)
 
-    def _reason(self, confidence: float, ood_score: float | None, contrast: float | None) -> str | None:
+    def answer(self, out: np.ndarray, inputs: np.ndarray, top_k: int | None = None) -> list[Diagnosis]:
+        """``forward``'s output for the preprocessed ``inputs`` -> one diagnosis each: every caller's way from the
+        graph's output to an answer (the service, its job workers, warm-up, offline scoring)."""
+        logits, embeddings = self.split(out)
+        return self.postprocess(logits, top_k, embeddings, inputs)
+
+    def _reason(
+        self, confidence: float, ood_score: float | None, contrast: float | None, not_leaf: float | None
+    ) -> str | None:
         if self.min_contrast is not None and contrast is not None and contrast < self.min_contrast:
             return (
                 f"the photo is almost uniform (contrast {contrast:.3f}, under {self.min_contrast:.3f}, a quarter of "
                 "the flattest reference leaf's): too dark, overexposed or blank"
             )
+        if not_leaf is not None and not_leaf >= self.reject_threshold:
+            return f"this does not look like a leaf (probability {not_leaf:.2f} that it is not one)"
         if self.ood is not None and ood_score is not None and ood_score > self.ood["threshold"]:
             return (
                 f"this does not look like the leaves the model was trained on "
@@ -162,10 +175,10 @@ class Predictor:
         top_k: int | None = None,
         embeddings: np.ndarray | None = None,
         inputs: np.ndarray | None = None,
-    ) -> list[Prediction]:
+    ) -> list[Diagnosis]:
         """Probabilities, top-k and abstention. ``inputs`` (the preprocessed batch) lets a nearly uniform photo
         abstain: an all-black one passed both the confidence and the out-of-distribution checks at 0.99."""
-        k = min(top_k or self.top_k, len(self.labels))
+        k = min(top_k or self.top_k, len(self.labels) - (self.reject is not None))
         probs = softmax(logits, self.temperature)
         scores: list[float | None] = [None] * len(logits)
         if self.ood is not None and embeddings is not None:
@@ -175,16 +188,17 @@ class Predictor:
             contrasts = [input_contrast(x, self.spec) for x in inputs]
         out = []
         for i, (row_logits, row, score) in enumerate(zip(logits, probs, scores, strict=True)):
-            order = np.argsort(-row)
-            best = int(order[0])
+            order = [int(j) for j in np.argsort(-row) if j != self.reject]  # the answers: the disease classes
+            best = order[0]
             confidence = float(row[best])
-            reason = self._reason(confidence, score, contrasts[i])
+            not_leaf = float(row[self.reject]) if self.reject is not None else None
+            reason = self._reason(confidence, score, contrasts[i], not_leaf)
             out.append(
-                Prediction(
+                Diagnosis(
                     label=self.labels[best],
                     confidence=confidence,
                     probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
-                    top_k=[(self.labels[int(i)], float(row[int(i)])) for i in order[:k]],
+                    top_k=[(self.labels[j], float(row[j])) for j in order[:k]],
                     abstained=reason is not None,
                     reason=reason,
                     logits=[float(x) for x in row_logits],
@@ -198,14 +212,18 @@ class Predictor:
     def can_explain(self) -> bool:
         return "cam" in {o.name for o in self.session.get_outputs()}
 
-    def explain(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> tuple[Prediction, bytes]:
+    def explain(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> tuple[Diagnosis, bytes]:
         """The prediction and a class-activation heat map (RGBA PNG, the size of the model's input crop).
 
         The graph itself outputs the maps (last feature map weighted by the classifier), so no torch is needed.
         """
+        return self.explain_input(self.preprocess(image), top_k)
+
+    def explain_input(self, x: np.ndarray, top_k: int | None = None) -> tuple[Diagnosis, bytes]:
+        """``explain`` for an already preprocessed CHW input."""
         if not self.can_explain:
             raise ValueError(f"the {self.bundle.card.get('architecture')} bundle has no class-activation output")
-        x = self.preprocess(image)[None]
+        x = x[None]
         names = [self.output_name, "cam", *(["embedding"] if self.has_embedding else [])]
         outputs = self.session.run(names, {self.input_name: x})
         logits, cam = outputs[0], outputs[1]
@@ -214,14 +232,19 @@ class Predictor:
         index = self.labels.index(prediction.label)
         return prediction, heatmap_png(np.asarray(cam)[0, index], self.input_size)
 
-    def predict(self, images: Sequence[Image.Image | bytes | Path], top_k: int | None = None) -> list[Prediction]:
+    def explain_overlay(self, photo: Image.Image) -> tuple[Diagnosis, Image.Image]:
+        """The answer for a decoded photo and its heat map laid over the model's view of it (RGB)."""
+        diagnosis, png = self.explain(photo)
+        base = Image.fromarray(model_view(photo, self.spec)).convert("RGBA")
+        return diagnosis, Image.alpha_composite(base, Image.open(io.BytesIO(png))).convert("RGB")
+
+    def predict(self, images: Sequence[Image.Image | bytes | Path], top_k: int | None = None) -> list[Diagnosis]:
         if not images:
             return []
         batch = np.stack([self.preprocess(img) for img in images])
-        logits, embeddings = self.split(self.forward(batch))
-        return self.postprocess(logits, top_k, embeddings, batch)
+        return self.answer(self.forward(batch), batch, top_k)
 
-    def predict_one(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> Prediction:
+    def predict_one(self, image: Image.Image | bytes | Path, top_k: int | None = None) -> Diagnosis:
         return self.predict([image], top_k)[0]
 
     def describe(self) -> dict[str, Any]:
@@ -282,3 +305,35 @@ def heatmap_png(cam: np.ndarray, size: int) -> bytes:
 def default_bundle_path() -> Path:
     """The bundle that ships inside the package: ``plantdx serve`` works on a fresh machine with nothing else."""
     return Path(__file__).resolve().parent / "default_bundle"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A verified bundle and the name and version its predictions are logged under."""
+
+    bundle: Bundle
+    name: str
+    version: str
+    alias: str | None  # the registry alias it was resolved through, if any
+    source: str  # what was asked for: "bundled", a folder, or a models:/ URI
+
+
+def resolve_model(
+    spec: str | Path | None, tracking: TrackingConfig, *, cache_dir: Path = Path(".plantdx") / "bundles"
+) -> ResolvedModel:
+    """``models:/<name>@<alias>`` (or ``models:/<name>/<version>``), a bundle folder, or None for the bundled model.
+
+    The one rule the service, ``plantdx monitor``, ``predict``, ``explain`` and ``bench`` read a model by: a registry
+    version is named by its number, a folder by its card (``Bundle.version``).
+    """
+    text = str(spec) if spec is not None else None
+    if text is not None and text.startswith("models:/"):
+        from plantdx.registry import Registry, parse_model_uri
+
+        name, alias = parse_model_uri(text)
+        bundle = Registry(tracking.model_copy(update={"registered_model": name})).resolve(alias, cache_dir=cache_dir)
+        return ResolvedModel(bundle, name, bundle.path.name, None if alias.isdigit() else alias, text)
+    bundle = load_bundle(Path(text) if text is not None else default_bundle_path())
+    return ResolvedModel(
+        bundle, str(bundle.card.get("name", "plantdx")), bundle.version, None, text if text is not None else "bundled"
+    )

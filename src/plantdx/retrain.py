@@ -15,10 +15,10 @@ from pathlib import Path
 from PIL import Image
 
 from plantdx.config import Settings
-from plantdx.data.scan import sha256_file
 from plantdx.data.split import Manifest, ManifestRow, manifest_for, write_manifest
+from plantdx.digest import sha256_file
 from plantdx.errors import PlantdxError
-from plantdx.monitor.log import PredictionLog
+from plantdx.serve.prediction_log import PredictionLog
 
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
@@ -74,7 +74,12 @@ def feedback_rows(store: PredictionLog, base: Manifest, folder: Path) -> tuple[l
             skipped["already in the dataset"] = skipped.get("already in the dataset", 0) + 1
             continue
         seen.add(digest)
-        rows.append(ManifestRow(str(path.resolve()), item.label, "train", digest, f"feedback:{digest[:16]}"))
+        # Growers' photos, taken as growers take them: the field domain, kept as files by absolute path.
+        rows.append(
+            ManifestRow(
+                str(path.resolve()), item.label, "train", digest, f"feedback:{digest[:16]}", "feedback", "field"
+            )
+        )
     return rows, skipped
 
 
@@ -82,7 +87,8 @@ def retrain(settings: Settings, *, min_feedback: int = 1) -> RetrainResult:
     """Build the training set, train and export a challenger, register it, and promote it if the gate accepts."""
     from plantdx.export import export
     from plantdx.registry import CHAMPION, Registry
-    from plantdx.train import git_commit, train
+    from plantdx.tracking import git_commit
+    from plantdx.train import train
 
     if settings.monitor.log_url is None:
         raise RetrainError("monitor.log_url is not set: there is no prediction log to read feedback from")

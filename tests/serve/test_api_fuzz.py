@@ -84,7 +84,7 @@ def _create_app() -> FastAPI:
                 "serve.rate_limit=100000/minute",  # the fuzzer is one client; 429s would hide the answers
                 f"monitor.log_url=sqlite:///{STORE / 'predictions.db'}",
                 f"monitor.report_dir={STORE / 'monitoring'}",
-                "monitor.check_interval_s=0",
+                "monitor.verdict_poll_s=0",
             ]
         )
     return create_app(cfg)

@@ -1,23 +1,32 @@
-"""Monitoring in the service: every prediction logged off the request path, feedback, drift checks, gauges, alerts."""
+"""Monitoring around the service: every prediction logged off the request path, feedback, and the drift verdicts that
+`plantdx monitor` writes beside the service (its gauges, its report, the alert hook)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import logging
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import Result
 from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import jpeg, serve_settings
+from plantdx.cli import app
+from plantdx.config import Settings
 from plantdx.export import ExportResult
 from plantdx.serve import create_app
 from plantdx.serve.monitoring import Monitoring
@@ -51,9 +60,7 @@ def _metric(client: TestClient, name: str) -> float:
 
 @pytest.fixture
 def monitored(exported: ExportResult, clean_env: None) -> Iterator[TestClient]:  # noqa: ARG001
-    settings = serve_settings(
-        exported.bundle, "monitor.min_window=10", "monitor.window=40", "monitor.check_interval_s=0"
-    )
+    settings = serve_settings(exported.bundle, "monitor.min_window=10", "monitor.window=40", "monitor.verdict_poll_s=0")
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -109,16 +116,40 @@ def test_a_client_reusing_its_request_id_labels_the_photo_it_means(monitored: Te
     assert r.status_code == 200 and r.json()["predicted"] == second["prediction"] and r.json()["correct"] is False
 
 
-def test_drift_check_report_and_gauges(monitored: TestClient) -> None:
+def _monitor(settings: Settings, *args: str) -> Result:
+    """``plantdx monitor`` on the service's prediction log and model, as it runs beside the service."""
+    sets = [
+        f"serve.model={settings.serve.model}",
+        f"monitor.log_url={settings.monitor.log_url}",
+        f"monitor.report_dir={settings.monitor.report_dir}",
+        f"monitor.min_window={settings.monitor.min_window}",
+        f"monitor.window={settings.monitor.window}",
+    ]
+    return CliRunner().invoke(app, ["monitor", *args, *(x for item in sets for x in ("--set", item))])
+
+
+def test_drift_verdicts_are_served_with_their_report_and_gauges(monitored: TestClient) -> None:
+    settings: Settings = monitored.app.state.settings  # type: ignore[attr-defined]
+    monitoring: Monitoring = monitored.app.state.monitoring  # type: ignore[attr-defined]
     first = monitored.get("/v1/drift").json()
-    assert first["status"] == "insufficient_data" and "at least 10" in first["message"]
+    assert first["status"] == "not_checked" and "plantdx monitor" in first["message"]
     assert monitored.get("/v1/drift/report").status_code == 404
+
+    too_few = _monitor(settings)  # no predictions yet: no verdict, and it says why
+    assert too_few.exit_code == 1 and "a verdict needs at least 10" in str(too_few.exception)
+    time.sleep(1.1)  # past the refresh cool-down
+    r = monitored.get("/v1/drift?refresh=true").json()
+    assert r["status"] == "insufficient_data" and "at least 10" in r["message"]
+
     for i in range(12):
         _predict(monitored, _grey(i), f"req-grey-{i}")
-    r = monitored.get("/v1/drift?refresh=true")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["status"] == "drift" and body["summary"]["drift_detected"] is True  # grey noise vs coloured leaves
+    assert monitoring.writer.flush(5)
+    checked = _monitor(settings)
+    assert checked.exit_code == 0, checked.output
+    assert "drift DETECTED" in checked.output  # grey noise vs coloured leaves
+    time.sleep(1.1)
+    body = monitored.get("/v1/drift?refresh=true").json()
+    assert body["status"] == "drift" and body["summary"]["drift_detected"] is True
     summary = body["summary"]
     assert summary["window"]["size"] == 12 and "brightness" in summary["drifted_columns"]
     assert set(summary["columns"]) >= {"brightness", "sharpness", "confidence", "predicted", "emb_0"}
@@ -129,21 +160,21 @@ def test_drift_check_report_and_gauges(monitored: TestClient) -> None:
     assert _metric(monitored, "plantdx_drift_share") == pytest.approx(summary["drift_share"])
     assert _metric(monitored, 'plantdx_drift_feature_score{feature="brightness"}') < 0.05
     assert _metric(monitored, "plantdx_drift_window_size") == 12.0
-    again = monitored.get("/v1/drift?refresh=true").json()  # at once: the last check stands (a check costs CPU)
-    assert again["checked_at"] == body["checked_at"]
+    assert _metric(monitored, "plantdx_drift_last_check_timestamp_seconds") == pytest.approx(body["checked_at"])
 
-    # A reloaded model with no rows of its own yet: no verdict, so the last model's must not stay on the gauges
-    # (its drift alert would keep firing), and the check still counts as run (the stale-check alert stays quiet).
-    monitoring: Monitoring = monitored.app.state.monitoring  # type: ignore[attr-defined]
-    engine = monitored.app.state.engine  # type: ignore[attr-defined]
-    checked = _metric(monitored, "plantdx_drift_last_check_timestamp_seconds")
-    time.sleep(0.01)
-    state = monitoring._check(engine.current().predictor.bundle.reference, "bundle-reloaded")  # the periodic check
-    assert state.summary is None and "0 logged predictions of model bundle-reloaded" in (state.error or "")
+    # A window of the past is reported, not recorded: the service still serves the latest scheduled check.
+    past = _monitor(settings, "--since", "2020-01-01T00:00:00+00:00", "--until", "2020-01-02T00:00:00+00:00")
+    assert past.exit_code == 1 and "0 logged predictions" in str(past.exception)
+    time.sleep(1.1)
+    assert monitored.get("/v1/drift?refresh=true").json()["checked_at"] == body["checked_at"]
+
+    # A reloaded model with no verdict of its own: the last model's must not stay on the gauges (its drift alert
+    # would keep firing).
+    state = asyncio.run(monitoring.read_verdict("bundle-reloaded"))
+    assert state.verdict is None
     assert _metric(monitored, "plantdx_drift_detected") == 0.0
     assert math.isnan(_metric(monitored, "plantdx_drift_share"))
     assert "plantdx_drift_feature_score{" not in monitored.get("/metrics").text
-    assert _metric(monitored, "plantdx_drift_last_check_timestamp_seconds") > checked
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -158,46 +189,42 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_periodic_check_calls_the_alert_hook_and_logs_a_warning(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001
+def test_the_watching_monitor_calls_the_alert_hook_and_logs_a_warning(
+    exported: ExportResult,
+    tmp_path: Path,
+    clean_env: None,  # noqa: ARG001
+) -> None:
+    """`plantdx monitor --watch` as its own process beside the service: it checks again and again, and on drift it
+    logs a warning and POSTs the summary to the hook."""
     hook = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     _Hook.received.clear()
-    settings = serve_settings(
-        exported.bundle,
-        "monitor.min_window=10",
-        "monitor.check_interval_s=0.3",
-        f"monitor.alert_webhook=http://127.0.0.1:{hook.server_port}/alerts",
-    )
-    records = _Records()  # the service's JSON log handler does not propagate to pytest's caplog
-    logging.getLogger("plantdx.monitor").addHandler(records)
+    settings = serve_settings(exported.bundle, "monitor.min_window=10")
+    with TestClient(create_app(settings)) as client:
+        for i in range(12):
+            _predict(client, _grey(100 + i), f"req-alert-{i}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
+    log = tmp_path / "monitor.log"
+    sets = [f"serve.model={exported.bundle}", f"monitor.log_url={settings.monitor.log_url}",
+            f"monitor.report_dir={tmp_path / 'reports'}", "monitor.min_window=10", "monitor.check_interval_s=0.3",
+            f"monitor.alert_webhook=http://127.0.0.1:{hook.server_port}/alerts"]  # fmt: skip
+    cmd = [sys.executable, "-m", "plantdx.cli", "monitor", "--watch", *(x for s in sets for x in ("--set", s))]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        with TestClient(create_app(settings)) as client:
-            for i in range(12):
-                _predict(client, _grey(100 + i), f"req-alert-{i}")
-            deadline = time.monotonic() + 20
-            while not _Hook.received and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert _metric(client, "plantdx_drift_last_check_timestamp_seconds") > 0
+        deadline = time.monotonic() + 60
+        while len(_Hook.received) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
     finally:
+        proc.terminate()
+        proc.wait(timeout=20)
         hook.shutdown()
-        logging.getLogger("plantdx.monitor").removeHandler(records)
-    assert _Hook.received, "the alert hook was not called"
+    said = log.read_text()
+    assert len(_Hook.received) >= 2, f"the alert hook was called {len(_Hook.received)} times:\n{said[-3000:]}"
     payload = _Hook.received[0]
     assert payload["event"] == "plantdx.drift_detected" and payload["drift_detected"] is True
-    # A check may land while the last predictions are still being made (it runs every 0.3 s): 10 rows suffice.
-    assert 10 <= payload["window"]["size"] <= 12 and payload["drifted_columns"]
-    assert any(r.getMessage() == "drift detected" and r.levelno == logging.WARNING for r in records.records), [
-        r.getMessage() for r in records.records
-    ]
+    assert payload["window"]["size"] == 12 and payload["drifted_columns"]
+    warnings = [json.loads(line) for line in said.splitlines() if line.startswith("{")]
+    assert any(w["message"] == "drift detected" and w["level"] == "WARNING" for w in warnings), said[-2000:]
 
 
 def test_monitoring_off_means_503_for_feedback(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001

@@ -53,10 +53,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+# `plantdx worker` whose every job first sleeps 3 s, so a test can kill it mid-job: the diagnosis path is wrapped
+# in the worker process itself, before the CLI starts it (production settings carry no such hook).
+SLOW_WORKER = """
+import sys, time
+import plantdx.serve.tasks as tasks
+diagnose = tasks.diagnose
+async def slow(*args, **kwargs):
+    time.sleep(3)
+    return await diagnose(*args, **kwargs)
+tasks.diagnose = slow
+from plantdx.cli import main
+sys.argv[0] = "plantdx"
+main()
+"""
+
+
 def start_worker(bundle: Path, redis_url: str, log: Path, log_url: str = "null") -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
-    cmd = [sys.executable, "-m", "plantdx.cli", "worker", "--model", str(bundle),
-           "--set", f"serve.redis_url={redis_url}", "--set", "serve.fault_job_delay_s=3",
+    cmd = [sys.executable, "-c", SLOW_WORKER, "worker", "--model", str(bundle),
+           "--set", f"serve.redis_url={redis_url}",
            "--set", "serve.job_visibility_timeout_s=6", "--set", f"monitor.log_url={log_url}"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 

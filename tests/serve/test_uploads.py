@@ -15,9 +15,9 @@ from conftest import jpeg, make_leaf, serve_settings
 from plantdx.export import ExportResult
 from plantdx.serve import create_app
 from plantdx.serve.errors import BadImageError, TooLargeError, UnsupportedMediaError
-from plantdx.serve.uploads import decode_upload
+from plantdx.serve.uploads import UploadLimits, decode_upload
 
-LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000}
+LIMITS = UploadLimits(max_bytes=1_000_000, max_pixels=4_000_000, max_decoded_pixels=None)
 
 
 def png_header_bomb(width: int, height: int) -> bytes:
@@ -41,7 +41,7 @@ def encoded(img: Image.Image, fmt: str, **kw: object) -> bytes:
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     started = time.perf_counter()
     with pytest.raises(TooLargeError, match="pixels"):
-        decode_upload(png_header_bomb(30000, 30000), "image/png", **LIMITS)
+        decode_upload(png_header_bomb(30000, 30000), "image/png", LIMITS)
     assert time.perf_counter() - started < 2.0  # header-only: a decode of 900 Mpx would take minutes
 
 
@@ -67,35 +67,35 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 )
 def test_bad_uploads(data: bytes, content_type: str, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        decode_upload(data, content_type, **LIMITS)
+        decode_upload(data, content_type, LIMITS)
 
 
 def test_elongated_images_are_refused_before_they_explode() -> None:
     with pytest.raises(BadImageError, match="elongated"):
-        decode_upload(encoded(Image.new("RGB", (4000, 10)), "PNG"), "image/png", **LIMITS)
+        decode_upload(encoded(Image.new("RGB", (4000, 10)), "PNG"), "image/png", LIMITS)
 
 
 def test_animated_image_is_refused() -> None:
     frames = [make_leaf("a", i) for i in range(3)]
     data = encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:])
     with pytest.raises(BadImageError, match="animated"):
-        decode_upload(data, "image/webp", **LIMITS)
+        decode_upload(data, "image/webp", LIMITS)
 
 
 def test_modes_and_orientation_are_normalised() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
-    rotated = decode_upload(encoded(Image.new("RGB", (40, 20)), "JPEG", exif=exif), "image/jpeg", **LIMITS)
+    rotated = decode_upload(encoded(Image.new("RGB", (40, 20)), "JPEG", exif=exif), "image/jpeg", LIMITS)
     assert rotated.size == (20, 40) and rotated.mode == "RGB"
     for mode in ("L", "RGBA", "P"):
-        assert decode_upload(encoded(Image.new(mode, (8, 8)), "PNG"), "", **LIMITS).mode == "RGB"
-    assert decode_upload(encoded(Image.new("CMYK", (8, 8)), "JPEG"), "image/jpeg", **LIMITS).mode == "RGB"
+        assert decode_upload(encoded(Image.new(mode, (8, 8)), "PNG"), "", LIMITS).mode == "RGB"
+    assert decode_upload(encoded(Image.new("CMYK", (8, 8)), "JPEG"), "image/jpeg", LIMITS).mode == "RGB"
     polyglot = jpeg() + b"PK\x03\x04" + b"\x00" * 64
-    assert decode_upload(polyglot, "image/jpeg", **LIMITS).mode == "RGB"
+    assert decode_upload(polyglot, "image/jpeg", LIMITS).mode == "RGB"
     for alias in ("image/jpg", "image/pjpeg", "IMAGE/JPG; charset=binary"):  # what some clients call JPEG
-        assert decode_upload(jpeg(), alias, **LIMITS).mode == "RGB"
+        assert decode_upload(jpeg(), alias, LIMITS).mode == "RGB"
     with pytest.raises(UnsupportedMediaError, match="declared image/png"):
-        decode_upload(jpeg(), "image/x-png", **LIMITS)
+        decode_upload(jpeg(), "image/x-png", LIMITS)
 
 
 def test_a_large_jpeg_upload_decodes_small_and_upright() -> None:
@@ -103,24 +103,24 @@ def test_a_large_jpeg_upload_decodes_small_and_upright() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # taken in portrait
     photo = encoded(Image.new("RGB", (4000, 3000), (90, 140, 60)), "JPEG", exif=exif)
-    img = decode_upload(photo, "image/jpeg", max_bytes=10_000_000, max_pixels=40_000_000, min_side=183)
+    img = decode_upload(photo, "image/jpeg", UploadLimits(10_000_000, 40_000_000, None), min_side=183)
     assert img.size == (375, 500) and img.mode == "RGB"  # 3000 / 8 x 4000 / 8, turned upright
 
 
 def test_what_an_upload_decodes_to_is_bounded_after_the_jpeg_scale_is_chosen() -> None:
     """A PNG decodes at full size (a 170 kB PNG of 40 Mpx took 0.5 GB with alpha); a JPEG as large is fine."""
-    limits = {"max_bytes": 10_000_000, "max_pixels": 40_000_000, "max_decoded_pixels": 4_000_000}
+    limits = UploadLimits(max_bytes=10_000_000, max_pixels=40_000_000, max_decoded_pixels=4_000_000)
     big = Image.new("RGB", (2400, 2000), (90, 140, 60))  # 4.8 Mpx
     with pytest.raises(TooLargeError, match="would decode to 2400x2000 pixels; the limit is 4000000"):
-        decode_upload(encoded(big, "PNG"), "image/png", **limits, min_side=183)
+        decode_upload(encoded(big, "PNG"), "image/png", limits, min_side=183)
     with pytest.raises(TooLargeError, match="would decode to 2400x2000"):
-        decode_upload(encoded(big, "WEBP"), "image/webp", **limits, min_side=183)
+        decode_upload(encoded(big, "WEBP"), "image/webp", limits, min_side=183)
     with pytest.raises(TooLargeError, match="would decode to 2400x2000"):  # no resize given: full size
-        decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits)
-    img = decode_upload(encoded(big, "JPEG"), "image/jpeg", **limits, min_side=183)
+        decode_upload(encoded(big, "JPEG"), "image/jpeg", limits)
+    img = decode_upload(encoded(big, "JPEG"), "image/jpeg", limits, min_side=183)
     assert img.size == (300, 250)  # decoded at 1/8 scale
     small = Image.new("RGBA", (2000, 2000), (90, 140, 60, 0))
-    assert decode_upload(encoded(small, "PNG"), "image/png", **limits, min_side=183).size == (2000, 2000)
+    assert decode_upload(encoded(small, "PNG"), "image/png", limits, min_side=183).size == (2000, 2000)
 
 
 @pytest.mark.slow

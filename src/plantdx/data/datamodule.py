@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import albumentations as A
 import lightning as L
@@ -13,9 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from plantdx.config import DatasetConfig
+from plantdx.config import NONLEAF, DatasetConfig
 from plantdx.data.split import Manifest, ManifestRow, Split
-from plantdx.data.transforms import create_eval_transform, create_train_transform
+from plantdx.data.transforms import BoardSwap, create_eval_transform, create_train_transform
+from plantdx.errors import DataError
 from plantdx.images import load_rgb, resize_for_model
 
 
@@ -24,6 +24,8 @@ def seed_worker(worker_id: int) -> None:  # noqa: ARG001 (DataLoader passes it)
     info = torch.utils.data.get_worker_info()
     if info is not None and isinstance(info.dataset, LeafDataset):
         info.dataset.transform.set_random_seed(info.seed % 2**32)
+        if info.dataset.board_swap is not None:
+            info.dataset.board_swap.reseed(info.seed % 2**32 + 1)
 
 
 class ImageCache:
@@ -34,26 +36,27 @@ class ImageCache:
     Filled in the main process before the loaders fork, so workers share the pages.
     """
 
-    def __init__(self, root: Path, size: int, interpolation: str, crop: int | None = None) -> None:
-        self.root = root
+    def __init__(self, cfg: DatasetConfig, size: int, interpolation: str, crop: int | None = None) -> None:
+        self.cfg = cfg
         self.size = size
         self.crop = crop if crop is not None else -1
         self.interpolation = interpolation
-        self._images: dict[str, np.ndarray] = {}
+        self._images: dict[tuple[str, str], np.ndarray] = {}
 
-    def get(self, rel_path: str) -> np.ndarray:
-        image = self._images.get(rel_path)
+    def get(self, row: ManifestRow) -> np.ndarray:
+        image = self._images.get((row.root, row.path))
         if image is None:
-            image = self.load(rel_path)
-            self._images[rel_path] = image
+            image = self.load(row)
+            self._images[(row.root, row.path)] = image
         return image
 
-    def load(self, rel_path: str) -> np.ndarray:
-        return resize_for_model(load_rgb(self.root / rel_path, self.size), self.size, self.crop, self.interpolation)
+    def load(self, row: ManifestRow) -> np.ndarray:
+        photo = load_rgb(self.cfg.locate(row.root, row.path), self.size)
+        return resize_for_model(photo, self.size, self.crop, self.interpolation)
 
-    def fill(self, rel_paths: Sequence[str]) -> None:
-        for rel in rel_paths:
-            self.get(rel)
+    def fill(self, rows: Sequence[ManifestRow]) -> None:
+        for row in rows:
+            self.get(row)
 
     def __len__(self) -> int:
         return len(self._images)
@@ -68,19 +71,23 @@ class LeafDataset(Dataset[tuple[torch.Tensor, int]]):
         cache: ImageCache,
         *,
         use_cache: bool = True,
+        board_swap: BoardSwap | None = None,
     ) -> None:
         self.rows = list(rows)
         self.index = {name: i for i, name in enumerate(classes)}
         self.transform = transform
         self.cache = cache
         self.use_cache = use_cache
+        self.board_swap = board_swap  # lab photos only
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.rows[i]
-        image = self.cache.get(row.path) if self.use_cache else self.cache.load(row.path)
+        image = self.cache.get(row) if self.use_cache else self.cache.load(row)
+        if self.board_swap is not None and row.domain == "lab":
+            image = self.board_swap(image)
         tensor = self.transform(image=image)["image"]
         return tensor, self.index[row.label]
 
@@ -95,6 +102,24 @@ def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
     n = len(targets)
     weights = [n / (num_classes * counts[c]) if counts.get(c) else 0.0 for c in range(num_classes)]
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def sample_weights(rows: Sequence[ManifestRow], domain_weights: dict[str, float] | None) -> list[float]:
+    """How likely each training image is drawn: classes equally likely within a domain, and each domain its
+    ``domain_weights`` share of the draws (without them: every domain as many draws as it has images). 614 field
+    photos are then not drowned by 12,501 lab ones, nor 1,000 photos of a class by the 116 of another."""
+    per_domain = Counter(r.domain for r in rows)
+    per_class = Counter((r.domain, r.label) for r in rows)
+    classes = Counter(d for d, _ in per_class)
+    if domain_weights is not None:
+        unknown = sorted(set(per_domain) - set(domain_weights))
+        if unknown:
+            raise DataError(f"dataset.domain_weights has no share for the domain(s) {', '.join(unknown)}")
+        total = sum(domain_weights[d] for d in per_domain)
+        share = {d: domain_weights[d] / total for d in per_domain}
+    else:
+        share = {d: n / len(rows) for d, n in per_domain.items()}
+    return [share[r.domain] / classes[r.domain] / per_class[(r.domain, r.label)] for r in rows]
 
 
 def training_rows(cfg: DatasetConfig, manifest: Manifest) -> list[ManifestRow]:
@@ -123,7 +148,7 @@ class PlantDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.manifest = manifest
         self.classes = manifest.classes
-        self.cache = ImageCache(cfg.root, cfg.resize_to, cfg.interpolation, crop=cfg.image_size)
+        self.cache = ImageCache(cfg, cfg.resize_to, cfg.interpolation, crop=cfg.image_size)
         self.datasets: dict[Split, LeafDataset] = {}
 
     @property
@@ -135,9 +160,17 @@ class PlantDataModule(L.LightningDataModule):
             transform = create_train_transform(self.cfg) if split == "train" else create_eval_transform(self.cfg)
             rows = self.rows(split)
             if self.cfg.cache_images:
-                self.cache.fill([r.path for r in rows])
+                self.cache.fill(rows)
+            swap = None
+            if split == "train" and self.cfg.board_swap > 0:  # scenes from the training split only
+                scenes = [
+                    self.cache.get(r) if self.cfg.cache_images else self.cache.load(r)
+                    for r in rows
+                    if r.domain == NONLEAF
+                ]
+                swap = BoardSwap(scenes, self.cfg.board_swap, self.cfg.seed)
             self.datasets[split] = LeafDataset(
-                rows, self.classes, transform, self.cache, use_cache=self.cfg.cache_images
+                rows, self.classes, transform, self.cache, use_cache=self.cfg.cache_images, board_swap=swap
             )
         return self.datasets[split]
 
@@ -172,10 +205,11 @@ class PlantDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         sampler = None
         if self.cfg.balance == "sampler":
-            targets = self.dataset("train").targets
-            per_sample = self.train_class_weights()[targets]
+            rows = self.dataset("train").rows
             generator = torch.Generator().manual_seed(self.cfg.seed)
-            sampler = WeightedRandomSampler(per_sample.tolist(), len(targets), generator=generator)
+            sampler = WeightedRandomSampler(
+                sample_weights(rows, self.cfg.domain_weights), self.cfg.epoch_size or len(rows), generator=generator
+            )
         return self._loader("train", shuffle=True, sampler=sampler)
 
     def eval_loader(self, split: Split) -> DataLoader[tuple[torch.Tensor, int]]:

@@ -5,7 +5,6 @@ Pure Python + PIL: no torch, so monitoring and the CLI's ``data`` commands stay 
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -15,6 +14,8 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from plantdx.config import NONLEAF, DatasetConfig
+from plantdx.digest import sha256_file
 from plantdx.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -38,11 +39,16 @@ BLOCKING = {"corrupt", "not_an_image", "unsupported_format", "empty_class"}
 Progress = Callable[[int, int], None]
 
 
+NOT_A_LEAF = "not_a_leaf"  # the one class every photo of a ``nonleaf`` root is learnt as
+
+
 @dataclass(frozen=True)
 class ImageRecord:
-    path: str  # relative to the dataset root, POSIX separators
+    path: str  # relative to its root, POSIX separators
     label: str
     sha256: str
+    root: str = ""  # the root's name (``DataRoot.key``)
+    domain: str = "lab"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class DataReport:
     root: Path
     records: list[ImageRecord]
     issues: list[DataIssue] = field(default_factory=list)
+    domain: str = "lab"
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -66,20 +73,6 @@ class DataReport:
     @property
     def ok(self) -> bool:
         return not self.issues
-
-    def by_kind(self) -> dict[str, list[DataIssue]]:
-        grouped: dict[str, list[DataIssue]] = defaultdict(list)
-        for issue in self.issues:
-            grouped[issue.kind].append(issue)
-        return dict(grouped)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_image(path: Path) -> DataIssue | None:
@@ -109,10 +102,17 @@ def scan_dataset(
     min_images_per_class: int = 10,
     verify: bool = True,
     progress: Progress | None = None,
+    key: str = "",
+    domain: str = "lab",
 ) -> DataReport:
-    """List every image under ``root/<Class>/`` with its hash, and every problem found on the way."""
+    """List every image under ``root/<Class>/`` with its hash, and every problem found on the way.
+
+    A ``nonleaf`` root's folders are categories of photos that are not leaves: every image is labelled
+    ``NOT_A_LEAF``, and folder names and sizes are not checked as classes.
+    """
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
+    nonleaf = domain == NONLEAF
     issues: list[DataIssue] = []
     candidates: list[tuple[Path, str]] = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -121,12 +121,12 @@ def scan_dataset(
     if not class_dirs:
         raise DataError(f"no class folders in {root}; expected one folder per class, e.g. Tomato___healthy/")
     for class_dir in class_dirs:
-        if "___" not in class_dir.name:
+        if "___" not in class_dir.name and not nonleaf:
             issues.append(DataIssue("bad_class_name", class_dir.name, "expected PlantVillage naming Crop___Disease"))
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.name not in IGNORED_NAMES)
-        if not files:
+        if not files and not nonleaf:
             issues.append(DataIssue("empty_class", class_dir.name, "class folder holds no files"))
-        candidates.extend((f, class_dir.name) for f in files)
+        candidates.extend((f, NOT_A_LEAF if nonleaf else class_dir.name) for f in files)
 
     records: list[ImageRecord] = []
     for index, (path, label) in enumerate(candidates, start=1):
@@ -140,13 +140,13 @@ def scan_dataset(
             if problem is not None:
                 issues.append(DataIssue(problem.kind, rel, problem.detail))
             if problem is None or problem.kind not in BLOCKING:
-                records.append(ImageRecord(rel, label, sha256_file(path)))
+                records.append(ImageRecord(rel, label, sha256_file(path), key, domain))
         if progress is not None:
             progress(index, len(candidates))
 
     issues.extend(_duplicates(records))
     counts = Counter(r.label for r in records)
-    for class_dir in class_dirs:
+    for class_dir in [] if nonleaf else class_dirs:
         n = counts.get(class_dir.name, 0)
         if 0 < n < min_images_per_class:
             issues.append(
@@ -154,7 +154,50 @@ def scan_dataset(
             )
         elif n == 0 and not any(i.kind == "empty_class" and i.path == class_dir.name for i in issues):
             issues.append(DataIssue("empty_class", class_dir.name, "no usable images"))
-    return DataReport(root=root, records=records, issues=issues)
+    return DataReport(root=root, records=records, issues=issues, domain=domain)
+
+
+def scan_roots(cfg: DatasetConfig, *, verify: bool = True, progress: Progress | None = None) -> list[DataReport]:
+    """``scan_dataset`` of every configured root, in order; ``progress`` hears the images of all of them."""
+    reports: list[DataReport] = []
+    done = 0
+    for r in cfg.root:
+
+        def step(i: int, n: int, before: int = done) -> None:
+            if progress is not None:
+                progress(before + i, before + n)
+
+        report = scan_dataset(
+            r.path,
+            min_images_per_class=cfg.min_images_per_class,
+            verify=verify,
+            progress=step,
+            key=r.key,
+            domain=r.domain,
+        )
+        done += len(report.records)
+        reports.append(report)
+    return reports
+
+
+def duplicates_across(reports: Sequence[DataReport]) -> list[DataIssue]:
+    """Identical bytes in two roots (each root reports its own): the split keeps them on one side."""
+    first: dict[str, tuple[str, ImageRecord]] = {}
+    issues = []
+    for report in reports:
+        for record in report.records:
+            seen = first.get(record.sha256)
+            if seen is None:
+                first[record.sha256] = (record.root, record)
+            elif seen[0] != record.root:
+                issues.append(
+                    DataIssue(
+                        "duplicate",
+                        f"{record.root}/{record.path}",
+                        f"same bytes as {seen[0]}/{seen[1].path}; kept in one split",
+                    )
+                )
+    return issues
 
 
 def _duplicates(records: Sequence[ImageRecord]) -> list[DataIssue]:

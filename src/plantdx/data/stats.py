@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from plantdx.data.scan import IGNORED_NAMES, IMAGE_EXTENSIONS, Progress
+from plantdx.config import NONLEAF
+from plantdx.data.scan import IGNORED_NAMES, IMAGE_EXTENSIONS, NOT_A_LEAF, Progress
 from plantdx.errors import DataError
 
 
@@ -31,7 +32,8 @@ class DatasetStats:
         return max(counts) / min(counts) if counts else 0.0
 
 
-def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetStats:
+def dataset_stats(root: Path, *, domain: str = "lab", progress: Progress | None = None) -> DatasetStats:
+    """Counts from headers; a ``nonleaf`` root's categories all count as the one class they are learnt as."""
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
     found = [
@@ -52,7 +54,7 @@ def dataset_stats(root: Path, *, progress: Progress | None = None) -> DatasetSta
             with Image.open(path) as img:
                 formats[img.format or "?"] += 1
                 sizes[f"{img.width}x{img.height}"] += 1
-                classes[label] += 1
+                classes[NOT_A_LEAF if domain == NONLEAF else label] += 1
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             unreadable += 1
         if progress is not None:

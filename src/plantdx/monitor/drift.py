@@ -8,7 +8,10 @@ Evidently's own per-column tests, so the JSON summary and the HTML report can't 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +26,9 @@ from evidently import DataDefinition, Dataset, Report  # noqa: E402
 from evidently.presets import DataDriftPreset  # noqa: E402
 
 from plantdx.config import MonitorConfig  # noqa: E402
+from plantdx.serve.prediction_log import PredictionLog  # noqa: E402
+
+log = logging.getLogger("plantdx.monitor")
 
 PREDICTED = "predicted"
 CONFIDENCE = "confidence"
@@ -31,7 +37,11 @@ CAT_METHOD = "chisquare"
 
 
 class NotEnoughDataError(ValueError):
-    """The window is too small for a verdict."""
+    """The window is too small for a verdict; ``size`` is how many of the model's predictions it held."""
+
+    def __init__(self, message: str, size: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 @dataclass
@@ -94,7 +104,8 @@ def check_drift(
     need = cfg.min_window if min_window is None else min_window
     if len(rows) < need:
         raise NotEnoughDataError(
-            f"{len(rows)} logged predictions of model {version} in the window; a verdict needs at least {need}"
+            f"{len(rows)} logged predictions of model {version} in the window; a verdict needs at least {need}",
+            len(rows),
         )
     ref = reference_frame(reference)
     cur = current_frame(rows, reference)
@@ -118,6 +129,62 @@ def check_drift(
         Dataset.from_pandas(ref[columns], data_definition=definition),
     )
     return DriftResult(_summarise(snapshot.dict(), rows, reference, cur, cfg), snapshot)
+
+
+def run_drift_check(
+    store: PredictionLog,
+    reference: dict[str, Any],
+    version: str,
+    cfg: MonitorConfig,
+    *,
+    last: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    out_dir: Path | None = None,
+    record: bool = True,
+) -> DriftResult:
+    """One drift check: model ``version``'s logged predictions in the window (the last ``last``, default
+    ``monitor.window``, or [since, until)) against its ``reference``. The HTML report and the JSON summary are
+    written to ``out_dir`` (default ``monitor.report_dir``).
+
+    With ``record`` (the scheduled check), the verdict, or the reason there is none, goes into the prediction log,
+    where the service reads it (``GET /v1/drift``, its gauges), and drift is logged as a warning and POSTed to
+    ``monitor.alert_webhook``. Raises ``NotEnoughDataError`` when the window holds fewer than ``monitor.min_window``
+    of the model's predictions.
+    """
+    window = last if last is not None else (None if since or until else cfg.window)
+    rows = store.window(last=window, since=since, until=until)
+    try:
+        result = check_drift(rows, reference, cfg, model_version=version)
+    except NotEnoughDataError as exc:
+        if record:
+            store.save_verdict(version, error=str(exc))
+        raise
+    folder = out_dir or cfg.report_dir
+    html = result.save_html(folder / "drift_report.html")
+    (folder / "drift_summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+    if record:
+        store.save_verdict(version, summary=result.summary, report_html=html.read_bytes())
+        if result.detected:
+            s = result.summary
+            fields = {"drift_share": s["drift_share"], "drifted_columns": s["drifted_columns"], "window": len(rows)}
+            log.warning("drift detected", extra={"fields": fields | {"model_version": version}})
+            if cfg.alert_webhook:
+                post_alert(cfg.alert_webhook, {"event": "plantdx.drift_detected", **s})
+    return result
+
+
+def post_alert(url: str, payload: dict[str, Any], timeout: float = 5.0) -> bool:
+    """POST the JSON payload; a failing hook is logged, never raised (the check itself succeeded)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (an operator-set URL)
+            return bool(200 <= response.status < 300)
+    except Exception as exc:
+        log.warning("drift alert hook failed: %s", type(exc).__name__)
+        return False
 
 
 def _summarise(

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
         await engine.start(loaded)
         await jobs.start()
         if monitoring is not None:
-            monitoring.start(lambda: (engine.current().predictor.bundle.reference, engine.current().model.version))
+            monitoring.start(lambda: engine.current().model.version)
         log.info(
             "ready",
             extra={

@@ -9,18 +9,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from plantdx.config import Settings
-from plantdx.inference import Prediction, Predictor, default_bundle_path
+from plantdx.inference import Predictor, default_bundle_path, resolve_model
 from plantdx.serve.batching import MicroBatcher
+from plantdx.serve.diagnosis import Answer, diagnose
 from plantdx.serve.errors import NotReadyError, OverloadedError, ServiceError
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.monitoring import Monitoring
-from plantdx.serve.uploads import decode_upload
+from plantdx.serve.uploads import UploadLimits
 
 T = TypeVar("T")
 
@@ -49,26 +49,27 @@ def redact(uri: str) -> str:
 
 
 def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSource:
-    """Resolve ``serve.model``: a bundle folder, ``models:/<name>@<alias>``, or (default) the bundled model.
+    """Resolve ``serve.model`` (``resolve_model``: a bundle folder, ``models:/<name>@<alias>``, or the bundled model).
 
     At start-up, when the registry cannot be reached and ``fallback_to_default`` is on, the bundled model is
     served and the reason is kept, so ``/health`` says so instead of the service refusing to start. A reload
     passes ``allow_fallback=False``: it keeps the current model rather than downgrade to the bundled one.
     """
     cfg = settings.serve
-    threads = cfg.threads
     spec = cfg.model
-    if spec is not None and spec.startswith("models:/"):
-        from plantdx.registry import Registry, parse_model_uri, ping
 
-        name, alias = parse_model_uri(spec)
-        tracking = settings.tracking.model_copy(update={"registered_model": name})
+    def predictor_of(bundle: Any) -> Predictor:
+        return Predictor(bundle, threads=cfg.threads, top_k=cfg.top_k, int8=cfg.int8)
+
+    if spec is not None and spec.startswith("models:/"):
+        from plantdx.registry import ping
+
         try:
             ping(settings.tracking.uri)  # seconds, not MLflow's minutes of retries, to know the registry is down
-            bundle = Registry(tracking, settings.gate).resolve(alias, cache_dir=Path(".plantdx") / "bundles")
-            predictor = Predictor(bundle, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
-            version = bundle.path.name
-            return ModelSource(predictor, name, version, alias if not alias.isdigit() else None, spec)
+            resolved = resolve_model(spec, settings.tracking)
+            return ModelSource(
+                predictor_of(resolved.bundle), resolved.name, resolved.version, resolved.alias, resolved.source
+            )
         except Exception as exc:
             if not (cfg.fallback_to_default and allow_fallback):
                 raise ModelUnavailableError(
@@ -79,29 +80,26 @@ def load_model(settings: Settings, *, allow_fallback: bool = True) -> ModelSourc
                 "serving the bundled model"
             )
             log.warning(reason)
-            predictor = Predictor(default_bundle_path(), threads=threads, top_k=cfg.top_k, int8=cfg.int8)
+            predictor = predictor_of(default_bundle_path())
             return ModelSource(predictor, "plantdx", predictor.bundle.version, None, "bundled", degraded=reason)
-    path = Path(spec) if spec is not None else default_bundle_path()
     try:
-        predictor = Predictor(path, threads=threads, top_k=cfg.top_k, int8=cfg.int8)
+        resolved = resolve_model(spec, settings.tracking)
+        predictor = predictor_of(resolved.bundle)
     except Exception as exc:
-        raise ModelUnavailableError(f"cannot load the bundle {path}: {exc}") from exc
-    return ModelSource(
-        predictor,
-        str(predictor.bundle.card.get("name", "plantdx")),
-        predictor.bundle.version,
-        None,
-        str(path) if spec is not None else "bundled",
-    )
+        raise ModelUnavailableError(f"cannot load the bundle {spec or default_bundle_path()}: {exc}") from exc
+    return ModelSource(predictor, resolved.name, resolved.version, None, resolved.source)
 
 
 @dataclass
 class ModelRuntime:
     """One model with its own batcher: a request keeps the runtime it started on, so a swap never mixes inputs
-    preprocessed for one model into another's batch."""
+    preprocessed for one model into another's batch. It is the service's ``Runner`` of the diagnosis path."""
 
     model: ModelSource
+    decode_pool: ThreadPoolExecutor
     infer_pool: ThreadPoolExecutor
+    queue_size: int
+    timeout_s: float
     batcher: MicroBatcher | None = None
     loaded_at: float = field(default_factory=time.time)
     metrics: Metrics | None = None
@@ -112,15 +110,19 @@ class ModelRuntime:
     def predictor(self) -> Predictor:
         return self.model.predictor
 
-    async def logits(self, x: np.ndarray, queue_size: int, timeout_s: float) -> np.ndarray:
+    async def decode(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
         if self.batcher is not None:
             return await self.batcher.submit(x)
-        out = await self.run(self.predictor.forward, x[None], queue_size=queue_size, timeout_s=timeout_s)
+        out = await self.run(self.predictor.forward, x[None])
         return np.asarray(out[0])
 
-    async def run(self, fn: Callable[..., T], *args: Any, queue_size: int, timeout_s: float) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """An inference outside the batcher (batching off, or a heat map) under the batcher's rules: the same queue
         bound (a fast 503), the same deadline (no late answers) and the same inference and queue metrics."""
+        queue_size, timeout_s = self.queue_size, self.timeout_s
         if self.waiting >= queue_size:
             if self.metrics is not None:
                 self.metrics.shed.labels(reason="queue_full").inc()
@@ -159,6 +161,7 @@ class Engine:
         self.settings = settings
         self.monitoring = monitoring
         self.cfg = settings.serve
+        self.limits = UploadLimits.of(self.cfg)
         self.metrics = metrics
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="plantdx-decode")
         self.infer_pool = ThreadPoolExecutor(self.cfg.streams, thread_name_prefix="plantdx-infer")
@@ -181,7 +184,15 @@ class Engine:
                 metrics=self.metrics,
             )
             batcher.start()
-        return ModelRuntime(model, self.infer_pool, batcher, metrics=self.metrics)
+        return ModelRuntime(
+            model,
+            self.decode_pool,
+            self.infer_pool,
+            self.cfg.queue_size,
+            self.cfg.request_timeout_ms / 1000,
+            batcher,
+            metrics=self.metrics,
+        )
 
     async def _warm_up(self, runtime: ModelRuntime) -> None:
         """One batch through every stream before taking traffic: the first ONNX Runtime call is slow."""
@@ -192,8 +203,7 @@ class Engine:
         outs = await asyncio.gather(
             *(loop.run_in_executor(self.infer_pool, predictor.forward, x) for _ in range(self.cfg.streams))
         )
-        logits, embedding = predictor.split(outs[0])
-        predictor.postprocess(logits, embeddings=embedding, inputs=x)  # the whole answer path, not just the graph
+        predictor.answer(outs[0], x)  # the whole answer path, not just the graph
         if predictor.can_explain:
             await loop.run_in_executor(self.infer_pool, predictor.session.run, None, {predictor.input_name: x[:1]})
 
@@ -247,58 +257,26 @@ class Engine:
 
     async def diagnose(
         self, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool, request_id: str
-    ) -> tuple[Prediction, bytes | None, ModelSource, float]:
-        """Untrusted bytes -> prediction (+ heat map): decode off the event loop, infer (batched), post-process."""
+    ) -> Answer:
+        """Untrusted bytes -> an answer on the current model: decode off the event loop, infer (batched)."""
         runtime = self.current()
         runtime.active += 1
         try:
-            return await self._diagnose(
-                runtime, data, content_type, top_k=top_k, explain=explain, request_id=request_id
+            return await diagnose(
+                data,
+                content_type,
+                predictor=runtime.predictor,
+                version=runtime.model.version,
+                runner=runtime,
+                limits=self.limits,
+                request_id=request_id,
+                top_k=top_k,
+                explain=explain,
+                metrics=self.metrics,
+                record=self.monitoring.record if self.monitoring is not None else None,
             )
         finally:
             runtime.active -= 1
-
-    async def _diagnose(
-        self,
-        runtime: ModelRuntime,
-        data: bytes,
-        content_type: str | None,
-        *,
-        top_k: int | None,
-        explain: bool,
-        request_id: str,
-    ) -> tuple[Prediction, bytes | None, ModelSource, float]:
-        predictor = runtime.predictor
-        loop = asyncio.get_running_loop()
-        cfg = self.cfg
-
-        def prepare() -> tuple[Any, np.ndarray]:
-            img = decode_upload(
-                data,
-                content_type,
-                max_bytes=cfg.max_upload_bytes,
-                max_pixels=cfg.max_pixels,
-                max_decoded_pixels=cfg.max_decoded_pixels,
-                min_side=predictor.resize,
-            )
-            return img, predictor.preprocess(img)
-
-        image, x = await loop.run_in_executor(self.decode_pool, prepare)
-        started = time.perf_counter()
-        heatmap = None
-        timeout_s = cfg.request_timeout_ms / 1000
-        if explain and predictor.can_explain:
-            prediction, heatmap = await runtime.run(
-                predictor.explain, image, top_k, queue_size=cfg.queue_size, timeout_s=timeout_s
-            )
-        else:
-            logits, embedding = predictor.split((await runtime.logits(x, cfg.queue_size, timeout_s))[None])
-            prediction = predictor.postprocess(logits, top_k, embedding, x[None])[0]
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        self.metrics.observe_prediction(prediction.label, prediction.confidence, prediction.abstained)
-        if self.monitoring is not None:
-            self.monitoring.record(request_id, runtime.model.version, prediction, x, predictor, data, content_type)
-        return prediction, heatmap, runtime.model, elapsed_ms
 
     async def stop(self) -> None:
         self.ready = False

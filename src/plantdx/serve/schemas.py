@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plantdx.inference import Prediction as PredictionRecord
+from plantdx.serve.diagnosis import Answer
 
 
 class TopK(BaseModel):
@@ -50,20 +51,19 @@ class Prediction(BaseModel):
     heatmap: str | None = Field(None, description="with ?explain=true: RGBA PNG, base64, the model's input size")
 
     @classmethod
-    def build(
-        cls, p: PredictionRecord, *, elapsed_ms: float, version: str, request_id: str, heatmap: str | None = None
-    ) -> Prediction:
+    def build(cls, answer: Answer, *, request_id: str) -> Prediction:
+        d = answer.diagnosis
         return cls(
-            prediction=p.label,
-            confidence=p.confidence,
-            probabilities=p.probabilities,
-            top_k=[TopK(label=label, probability=prob) for label, prob in p.top_k],
-            abstained=p.abstained,
-            reason=p.reason,
-            inference_time_ms=round(elapsed_ms, 3),
-            model_version=version,
+            prediction=d.label,
+            confidence=d.confidence,
+            probabilities=d.probabilities,
+            top_k=[TopK(label=label, probability=prob) for label, prob in d.top_k],
+            abstained=d.abstained,
+            reason=d.reason,
+            inference_time_ms=round(answer.elapsed_ms, 3),
+            model_version=answer.model_version,
             request_id=request_id,
-            heatmap=heatmap,
+            heatmap=base64.b64encode(answer.heatmap).decode() if answer.heatmap is not None else None,
         )
 
 

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import random
-import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from plantdx.config import Settings
+from plantdx.config import MonitorConfig, Settings
+from plantdx.errors import PlantdxError
+from plantdx.serve.diagnosis import Inline, Recorder, diagnose
 from plantdx.serve.errors import ServiceError
 from plantdx.serve.jobs import Job
+from plantdx.serve.metrics import Metrics
+from plantdx.serve.uploads import UploadLimits
+
+if TYPE_CHECKING:
+    from plantdx.serve.engine import ModelSource
 
 TASK = "plantdx.diagnose"
 _KEY = "plantdx:job:{}"
 _FINISHED = b"finished"
-_worker_state: dict[str, Any] = {}
-
-
-_RNG = random.Random()
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -57,91 +59,101 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def _predictor() -> Any:
-    """The worker's model, loaded once per worker process (the settings come from ``plantdx worker``)."""
-    if "predictor" not in _worker_state:
+@dataclass
+class WorkerState:
+    """What one worker process holds: its model, its limits, its metrics and its prediction-log recorder.
+
+    Loaded once per process (``ONNX Runtime``'s threads, the log's connections and its writer thread do not survive
+    ``fork()``, so a prefork child builds its own)."""
+
+    settings: Settings
+    model: ModelSource
+    limits: UploadLimits
+    metrics: Metrics
+    record: Recorder | None
+
+
+_state: dict[str, Any] = {}  # "settings" from ``run_worker``, "worker" built on first use in each process
+
+
+def _worker() -> WorkerState:
+    if "worker" not in _state:
         from plantdx.serve.engine import load_model
 
-        _worker_state["predictor"] = load_model(_worker_state["settings"])
-    return _worker_state["predictor"]
+        settings: Settings = _state["settings"]
+        metrics: Metrics = _state.setdefault("metrics", Metrics())
+        model = load_model(settings)
+        metrics.set_model(
+            model.version,
+            str(model.predictor.bundle.card.get("architecture")),
+            model.predictor.labels,
+            model.predictor.runtime,
+        )
+        _state["worker"] = WorkerState(
+            settings, model, UploadLimits.of(settings.serve), metrics, _recorder(settings.monitor)
+        )
+    worker: WorkerState = _state["worker"]
+    return worker
+
+
+def _recorder(cfg: MonitorConfig) -> Recorder | None:
+    """Jobs done by workers go to the same prediction log as the API's (point both at one PostgreSQL)."""
+    if cfg.log_url is None:
+        return None
+    from plantdx.serve.prediction_log import LogWriter, PredictionLog, Recording
+
+    store = PredictionLog(cfg.log_url, image_store_bytes=int(cfg.image_store_mb * 2**20))
+    return Recording(cfg, LogWriter(store, max_queued=cfg.log_queue_size, max_bytes=int(cfg.log_queue_mb * 2**20)))
 
 
 def _diagnose_task(
     task: Any, image_b64: str, content_type: str | None, top_k: int | None, explain: bool = False
 ) -> dict[str, Any]:
+    """One job, through the service's own diagnosis path (``plantdx.serve.diagnosis.diagnose``), run inline."""
     from plantdx.serve.schemas import Prediction
-    from plantdx.serve.uploads import decode_upload
 
-    settings: Settings = _worker_state["settings"]
-    cfg = settings.serve
-    if cfg.fault_job_delay_s:
-        time.sleep(cfg.fault_job_delay_s)
-    model = _predictor()
-    started = time.perf_counter()
+    worker = _worker()
+    predictor = worker.model.predictor
     try:
-        image = decode_upload(
-            base64.b64decode(image_b64),
-            content_type,
-            max_bytes=cfg.max_upload_bytes,
-            max_pixels=cfg.max_pixels,
-            max_decoded_pixels=cfg.max_decoded_pixels,
-            min_side=model.predictor.resize,
+        answer = asyncio.run(
+            diagnose(
+                base64.b64decode(image_b64),
+                content_type,
+                predictor=predictor,
+                version=worker.model.version,
+                runner=Inline(predictor),
+                limits=worker.limits,
+                request_id=task.request.id,
+                top_k=top_k,
+                explain=explain,
+                metrics=worker.metrics,
+                record=worker.record,
+            )
         )
     except ServiceError as exc:
+        worker.metrics.jobs.labels(state="failed").inc()
         return {"status": "failed", "error": {"code": exc.code, "message": str(exc)}}
-    predictor = model.predictor
-    x = predictor.preprocess(image)
-    heatmap = None
-    if explain and predictor.can_explain:
-        prediction, heatmap = predictor.explain(image, top_k)
-    else:
-        logits, embedding = predictor.split(predictor.forward(x[None]))
-        prediction = predictor.postprocess(logits, top_k, embedding, x[None])[0]
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    result = Prediction.build(
-        prediction,
-        elapsed_ms=elapsed_ms,
-        version=model.version,
-        request_id=task.request.id,
-        heatmap=base64.b64encode(heatmap).decode() if heatmap is not None else None,
-    )
-    _log_prediction(settings, task.request.id, model.version, prediction, x, predictor, image_b64, content_type)
-    return {"status": "done", "result": result.model_dump()}
+    worker.metrics.jobs.labels(state="done").inc()
+    return {"status": "done", "result": Prediction.build(answer, request_id=task.request.id).model_dump()}
 
 
-def _log_prediction(
-    settings: Settings,
-    request_id: str,
-    version: str,
-    prediction: Any,
-    x: Any,
-    predictor: Any,
-    image_b64: str,
-    content_type: str | None,
+def run_worker(
+    settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO", metrics_port: int | None = None
 ) -> None:
-    """Jobs done by workers go to the same prediction log as the API's (point both at one PostgreSQL)."""
-    cfg = settings.monitor
-    if cfg.log_url is None:
-        return
-    from plantdx.monitor.log import LogWriter, PredictionLog
-    from plantdx.monitor.reference import sampled_record
-
-    if "log" not in _worker_state:  # per worker process: connections and threads do not survive fork()
-        store = PredictionLog(cfg.log_url, image_store_bytes=int(cfg.image_store_mb * 2**20))
-        _worker_state["log"] = LogWriter(store, max_queued=cfg.log_queue_size, max_bytes=int(cfg.log_queue_mb * 2**20))
-    data = base64.b64decode(image_b64)
-    record = sampled_record(cfg, _RNG, request_id, version, prediction, x, predictor, data, content_type)
-    if record is not None:
-        _worker_state["log"].submit(record)
-
-
-def run_worker(settings: Settings, *, concurrency: int = 1, loglevel: str = "INFO") -> None:
-    _worker_state["settings"] = settings
+    """Take jobs from Redis. With ``metrics_port``, the worker's Prometheus metrics (the same predictions,
+    confidence, abstentions and job counts the API exports) are served on it (one process: concurrency 1)."""
+    if metrics_port is not None and concurrency > 1:
+        raise PlantdxError("--metrics-port needs --concurrency 1 (one process); scale with more worker processes")
+    _state["settings"] = settings
     app = create_celery(settings)
-    _predictor()  # load and verify the model before taking jobs
+    _worker()  # load and verify the model before taking jobs
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=_state["metrics"].registry)
     if concurrency > 1:
         # ONNX Runtime's thread pools do not survive fork(): each prefork child loads its own copy.
-        _worker_state.pop("predictor")
+        _state.pop("worker")
     app.worker_main(
         [
             "worker",

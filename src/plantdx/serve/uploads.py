@@ -7,9 +7,11 @@ decompression bomb costs microseconds), then the full decode.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
+from plantdx.config import ServeConfig
 from plantdx.images import decode, plan_decode
 from plantdx.serve.errors import BadImageError, TooLargeError, UnsupportedMediaError
 
@@ -26,6 +28,24 @@ ANIMATED_FORMATS = {"GIF", "PNG", "WEBP"}  # MPO (a phone JPEG with extra pictur
 PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """What an upload may be: built once from the settings and checked by every door (predict, batch, jobs and the
+    job workers). ``max_decoded_pixels`` bounds what a photo decodes to after a JPEG's reduced-scale decode."""
+
+    max_bytes: int
+    max_pixels: int
+    max_decoded_pixels: int | None
+
+    @classmethod
+    def of(cls, cfg: ServeConfig) -> UploadLimits:
+        return cls(cfg.max_upload_bytes, cfg.max_pixels, cfg.max_decoded_pixels)
+
+    def without_decoded_check(self) -> UploadLimits:
+        """For a door that does not know the model's resize yet (a JPEG's decoded size depends on it)."""
+        return replace(self, max_decoded_pixels=None)
+
+
 def sniff(data: bytes) -> str | None:
     if data[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
@@ -36,21 +56,14 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _open(
-    data: bytes,
-    content_type: str | None,
-    *,
-    max_bytes: int,
-    max_pixels: int,
-    max_decoded_pixels: int | None = None,
-    min_side: int | None = None,
-) -> Image.Image:
+def _open(data: bytes, content_type: str | None, limits: UploadLimits, min_side: int | None) -> Image.Image:
     """Every check that needs no pixel decoded; returns the image, opened lazily (header read, pixels not), with its
     JPEG scale already chosen for ``min_side``."""
     if not data:
         raise BadImageError("the file is empty", code="empty_file")
-    if len(data) > max_bytes:
-        raise TooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    max_pixels, max_decoded_pixels = limits.max_pixels, limits.max_decoded_pixels
+    if len(data) > limits.max_bytes:
+        raise TooLargeError(f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
     declared = (content_type or "").split(";")[0].strip().lower()
     declared = TYPE_ALIASES.get(declared, declared)
     if declared not in ALLOWED_TYPES | NEUTRAL_TYPES:
@@ -88,35 +101,14 @@ def _open(
         raise BadImageError(f"the image is truncated or corrupt: {exc}", code="corrupt_image") from None
 
 
-def check_upload(
-    data: bytes,
-    content_type: str | None,
-    *,
-    max_bytes: int,
-    max_pixels: int,
-    max_decoded_pixels: int | None = None,
-    min_side: int | None = None,
-) -> None:
+def check_upload(data: bytes, content_type: str | None, limits: UploadLimits, min_side: int | None = None) -> None:
     """The checks ``decode_upload`` makes before decoding (microseconds): an async job is refused by them at the
     door, with the same 4xx a predict gets, instead of being queued to fail later."""
-    _open(
-        data,
-        content_type,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        max_decoded_pixels=max_decoded_pixels,
-        min_side=min_side,
-    ).close()
+    _open(data, content_type, limits, min_side).close()
 
 
 def decode_upload(
-    data: bytes,
-    content_type: str | None,
-    *,
-    max_bytes: int,
-    max_pixels: int,
-    max_decoded_pixels: int | None = None,
-    min_side: int | None = None,
+    data: bytes, content_type: str | None, limits: UploadLimits, min_side: int | None = None
 ) -> Image.Image:
     """The checks, then the decode: an upright RGB image, or the 4xx that says what is wrong with the file.
 
@@ -126,14 +118,7 @@ def decode_upload(
     with its alpha channel, and four at once (``decode_workers``) would have burst a 768 MiB pod; at the default
     9 M the peak is 76 MiB each.
     """
-    img = _open(
-        data,
-        content_type,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        max_decoded_pixels=max_decoded_pixels,
-        min_side=min_side,
-    )
+    img = _open(data, content_type, limits, min_side)
     try:
         return decode(img)  # the JPEG scale was chosen (and checked) in _open
     except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault, never a 500

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 
 from plantdx.serve.deps import EngineDep
 from plantdx.serve.errors import InvalidRequestError, NotFoundError, ServiceError
@@ -26,20 +28,24 @@ def _monitoring(request: Request) -> Monitoring:
 
 
 def _status(state: DriftState) -> DriftStatus:
-    if state.summary is not None:
-        detected = bool(state.summary["drift_detected"])
+    verdict = state.verdict
+    if verdict is None:
         return DriftStatus(
-            status="drift" if detected else "ok",
-            checked_at=state.checked_at,
-            report_url="/v1/drift/report",
-            summary=state.summary,
+            status="not_checked",
+            message="no drift check of this model yet: `plantdx monitor` runs them beside the service",
         )
-    if state.error is not None:
-        return DriftStatus(status="insufficient_data", message=state.error, checked_at=state.checked_at)
-    return DriftStatus(status="not_checked", message="no drift check has run yet; add ?refresh=true")
+    checked_at = verdict.checked_at.timestamp()
+    if verdict.summary is None:
+        return DriftStatus(status="insufficient_data", message=verdict.error, checked_at=checked_at)
+    return DriftStatus(
+        status="drift" if verdict.detected else "ok",
+        checked_at=checked_at,
+        report_url="/v1/drift/report" if verdict.has_report else None,
+        summary=verdict.summary,
+    )
 
 
-REFRESH_COOLDOWN_S = 5.0
+REFRESH_COOLDOWN_S = 1.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a body that cannot be parsed (e.g. not UTF-8)"},
@@ -79,31 +85,31 @@ def create_monitor_router() -> APIRouter:
         refresh: Annotated[
             bool,
             Query(
-                description=f"run a check now instead of returning the last one (not within {REFRESH_COOLDOWN_S:.0f}"
-                " s of the last complete check: anyone may call this, and a check costs CPU)"
+                description="read the latest verdict from the prediction log now rather than the one the service "
+                f"last read (at most once every {REFRESH_COOLDOWN_S:.0f} s)"
             ),
         ] = False,
     ) -> DriftStatus:
-        """The latest drift check of the logged predictions against the model's reference profile."""
+        """The latest drift verdict of the served model, from the checks ``plantdx monitor`` runs beside it."""
         monitoring = _monitoring(request)
         state = monitoring.drift
-        if refresh or (state.summary is None and state.error is None):
-            served = engine.current()
-            state = await monitoring.check(
-                served.predictor.bundle.reference, served.model.version, unless_newer_than_s=REFRESH_COOLDOWN_S
-            )
+        stale = state.read_at is None or time.time() - state.read_at > REFRESH_COOLDOWN_S
+        if (refresh and stale) or state.read_at is None:
+            state = await monitoring.read_verdict(engine.current().model.version)
         return _status(state)
 
     @router.get(
         "/drift/report",
-        response_class=FileResponse,
+        response_class=HTMLResponse,
         responses={200: {"content": {"text/html": {}}, "description": "the Evidently HTML report"}},
     )
-    async def drift_report(request: Request) -> FileResponse:
-        """The Evidently HTML report of the latest drift check."""
-        state = _monitoring(request).drift
-        if state.report is None or not state.report.is_file():
-            raise NotFoundError("no drift report yet; GET /v1/drift?refresh=true runs a check")
-        return FileResponse(state.report, media_type="text/html")
+    async def drift_report(request: Request, engine: EngineDep) -> HTMLResponse:
+        """The Evidently HTML report of the served model's latest drift check."""
+        monitoring = _monitoring(request)
+        loop = asyncio.get_running_loop()
+        html = await loop.run_in_executor(None, monitoring.store.verdict_report, engine.current().model.version)
+        if html is None:
+            raise NotFoundError("no drift report of the served model yet: `plantdx monitor` writes them")
+        return HTMLResponse(html)
 
     return router

@@ -14,7 +14,6 @@ from slowapi import Limiter
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 
-from plantdx.config import Settings
 from plantdx.serve.deps import EngineDep, JobsDep, RequestIdDep, SettingsDep
 from plantdx.serve.engine import Engine
 from plantdx.serve.errors import (
@@ -35,7 +34,7 @@ from plantdx.serve.schemas import (
     JobStatus,
     Prediction,
 )
-from plantdx.serve.uploads import check_upload, sniff
+from plantdx.serve.uploads import UploadLimits, check_upload, sniff
 
 log = logging.getLogger("plantdx.serve")
 TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
@@ -57,16 +56,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def diagnose(
     engine: Engine, data: bytes, content_type: str | None, request_id: str, *, top_k: int | None, explain: bool
 ) -> Prediction:
-    prediction, heatmap, model, elapsed_ms = await engine.diagnose(
-        data, content_type, top_k=top_k, explain=explain, request_id=request_id
-    )
-    return Prediction.build(
-        prediction,
-        elapsed_ms=elapsed_ms,
-        version=model.version,
-        request_id=request_id,
-        heatmap=base64.b64encode(heatmap).decode() if heatmap is not None else None,
-    )
+    answer = await engine.diagnose(data, content_type, top_k=top_k, explain=explain, request_id=request_id)
+    return Prediction.build(answer, request_id=request_id)
 
 
 def _remember(request: Request, p: Prediction) -> None:
@@ -88,7 +79,6 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         request: Request,
         response: Response,
         engine: EngineDep,
-        settings: SettingsDep,
         request_id: RequestIdDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
@@ -96,7 +86,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     ) -> Prediction:
         """Diagnose one leaf photo."""
         await refuse_extra_files(request)
-        data = await read_upload(file, settings)  # an oversized upload is refused before it is read into memory
+        data = await read_upload(file, engine.limits)  # an oversized upload is refused before it is read into memory
         result = await diagnose(engine, data, file.content_type, request_id, top_k=top_k, explain=explain)
         _remember(request, result)
         return result
@@ -131,7 +121,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     ) -> BatchResponse:
         """Diagnose up to 16 photos (base64 JSON or multipart ``files``); a bad item gets its own error."""
         limit_n = settings.serve.max_batch_images
-        items = await _batch_items(request, limit_n, settings.serve.max_upload_bytes)
+        items = await _batch_items(request, limit_n, engine.limits.max_bytes)
 
         async def one(index: int, item: tuple[bytes, str | None] | ServiceError) -> BatchItem:
             if isinstance(item, ServiceError):
@@ -154,27 +144,20 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         response: Response,
         jobs: JobsDep,
         engine: EngineDep,
-        settings: SettingsDep,
         file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
         top_k: TopKQuery = None,
         explain: ExplainQuery = False,
     ) -> JobCreated:
         """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
         await refuse_extra_files(request)
-        data = await read_upload(file, settings)
-        cfg = settings.serve  # what predict would refuse without decoding, a job is refused now, not queued
-        # A JPEG's decoded size depends on the model's resize (its DCT scale): before a model is loaded, that one
-        # check is left to the worker, which makes them all again.
+        data = await read_upload(file, engine.limits)
+        # What predict would refuse without decoding, a job is refused now, not queued. A JPEG's decoded size
+        # depends on the model's resize (its DCT scale): before a model is loaded, that one check is left to the
+        # worker, which makes them all again.
         min_side = engine.runtime.predictor.resize if engine.runtime is not None else None
         known = min_side is not None or sniff(data) != "image/jpeg"
-        check_upload(
-            data,
-            file.content_type,
-            max_bytes=cfg.max_upload_bytes,
-            max_pixels=cfg.max_pixels,
-            max_decoded_pixels=cfg.max_decoded_pixels if known else None,
-            min_side=min_side,
-        )
+        limits = engine.limits if known else engine.limits.without_decoded_check()
+        check_upload(data, file.content_type, limits, min_side)
         job = await jobs.submit(data, file.content_type, top_k, explain)
         request.scope.setdefault("state", {})["job_id"] = job.job_id
         return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
@@ -202,9 +185,9 @@ async def refuse_extra_files(request: Request) -> None:
         raise InvalidRequestError(f"{len(parts)} 'file' parts; send one photo, or use /v1/predict/batch for several")
 
 
-async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+async def read_upload(file: UploadFile, limits: UploadLimits) -> bytes:
     """The upload's bytes, refusing an oversized file by its size before reading it into memory."""
-    limit = settings.serve.max_upload_bytes
+    limit = limits.max_bytes
     if file.size is not None and file.size > limit:
         raise TooLargeError(f"the file is {file.size} bytes; the limit is {limit}")
     return await file.read()

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
-from plantdx.evaluate import compute_report, expected_calibration_error, softmax, write_report_artifacts
+from plantdx.scores import compute_report, expected_calibration_error, softmax, write_report_artifacts
 
 CLASSES = ["a", "b", "c"]
 

@@ -1,5 +1,6 @@
 """The prediction log: one row per served prediction, the labels that feedback attaches, and the image bytes
-kept so labelled photos can be trained on.
+kept so labelled photos can be trained on. The service and its job workers write it; ``plantdx monitor`` and
+``plantdx retrain`` read it.
 
 SQLAlchemy Core over any URL: ``sqlite:///predictions.db`` on one machine, ``postgresql+psycopg://...`` when
 several replicas share it. The service never writes on the request path: ``LogWriter`` queues records and a
@@ -8,8 +9,11 @@ thread inserts them in batches.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,9 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
+from PIL import Image
 
-from plantdx.monitor.profile import EMBEDDING_COMPONENTS, IMAGE_FEATURES
+from plantdx.config import MonitorConfig
+from plantdx.inference import Diagnosis, Predictor
+from plantdx.profile import EMBEDDING_COMPONENTS, IMAGE_FEATURES, features_from_input, project_embeddings
 
 log = logging.getLogger("plantdx.monitor")
 
@@ -51,10 +59,40 @@ images = sa.Table(
     sa.Column("labelled", sa.Boolean, nullable=False, default=False, index=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+# The verdicts of `plantdx monitor`'s drift checks, which run beside the service: the API serves the latest one of the
+# model it serves (GET /v1/drift) and its report, and publishes it as gauges. The Evidently HTML is kept gzipped, for
+# the newest checks only (it embeds its scripts: megabytes per report).
+drift_checks = sa.Table(
+    "drift_checks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model_version", sa.String(120), nullable=False, index=True),
+    sa.Column("detected", sa.Boolean, nullable=True),  # None: no verdict (too few predictions in the window)
+    sa.Column("summary", sa.Text, nullable=True),  # JSON
+    sa.Column("error", sa.Text, nullable=True),  # why there is no verdict
+    sa.Column("report", sa.LargeBinary, nullable=True),  # gzipped HTML
+)
+REPORTS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    """One drift check of one model version: a summary (``plantdx.monitor.drift``), or the reason there is none."""
+
+    checked_at: datetime
+    model_version: str
+    summary: dict[str, Any] | None
+    error: str | None
+    has_report: bool
+
+    @property
+    def detected(self) -> bool:
+        return bool(self.summary and self.summary.get("drift_detected"))
 
 
 @dataclass
-class PredictionRecord:
+class LogRecord:
     request_id: str
     model_version: str
     predicted: str
@@ -96,6 +134,84 @@ class LabelledImage:
     data: bytes
 
 
+def score_images(predictor: Predictor, images: Sequence[Image.Image | Path | bytes]) -> list[dict[str, Any]]:
+    """Log-shaped rows (features, projected embedding, confidence, predicted, abstained) for images scored offline,
+    made exactly as the service makes them."""
+    x = np.stack([predictor.preprocess(im) for im in images])
+    rows = []
+    for i in range(0, len(x), 64):
+        chunk = x[i : i + 64]
+        answers = predictor.answer(predictor.forward(chunk), chunk, top_k=1)
+        rows += [monitor_row(d, xi, predictor) for d, xi in zip(answers, chunk, strict=True)]
+    return rows
+
+
+def monitor_row(diagnosis: Diagnosis, x: np.ndarray, predictor: Predictor) -> dict[str, Any]:
+    """The monitored columns of one answer: image features of its model input, projected embedding, outcome."""
+    row: dict[str, Any] = features_from_input(x, predictor.spec)
+    projection = predictor.bundle.reference.get("embedding")
+    if diagnosis.embedding is not None and projection:
+        projected = project_embeddings(diagnosis.embedding[None], projection)[0]
+        row.update({f"emb_{j}": float(v) for j, v in enumerate(projected)})
+    row.update(confidence=diagnosis.confidence, predicted=diagnosis.label, abstained=diagnosis.abstained)
+    return row
+
+
+def sampled_record(
+    cfg: MonitorConfig,
+    rng: random.Random,
+    request_id: str,
+    model_version: str,
+    diagnosis: Diagnosis,
+    x: np.ndarray,
+    predictor: Predictor,
+    data: bytes,
+    content_type: str | None,
+) -> LogRecord | None:
+    """The log record of one served answer, or None when sampling leaves it out; its features are computed later,
+    by the log writer's thread (``prepare``), so the request path only builds this object."""
+    if cfg.sample_rate < 1 and rng.random() >= cfg.sample_rate:
+        return None
+    keep_image = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or rng.random() < cfg.image_sample_rate)
+    return LogRecord(
+        request_id=request_id,
+        model_version=model_version,
+        predicted=diagnosis.label,
+        confidence=diagnosis.confidence,
+        abstained=diagnosis.abstained,
+        image=data if keep_image else None,
+        content_type=content_type,
+        prepare=lambda: monitor_row(diagnosis, x, predictor),
+        held_bytes=x.nbytes + (len(data) if keep_image else 0),
+    )
+
+
+class Recording:
+    """The prediction log's step of a diagnosis (a ``plantdx.serve.diagnosis.Recorder``): sample, build the record
+    and queue it for the writer thread; O(1) and no I/O on the request path."""
+
+    def __init__(self, cfg: MonitorConfig, writer: LogWriter) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self._random = random.Random()
+
+    def __call__(
+        self,
+        request_id: str,
+        model_version: str,
+        diagnosis: Diagnosis,
+        x: np.ndarray,
+        predictor: Predictor,
+        data: bytes,
+        content_type: str | None,
+    ) -> None:
+        record = sampled_record(
+            self.cfg, self._random, request_id, model_version, diagnosis, x, predictor, data, content_type
+        )
+        if record is not None:
+            self.writer.submit(record)
+
+
 def _as_utc(value: datetime) -> datetime:
     """A bound given with any offset, or none (read as UTC), as UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -130,7 +246,7 @@ class PredictionLog:
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
-    def write(self, records: Sequence[PredictionRecord]) -> int:
+    def write(self, records: Sequence[LogRecord]) -> int:
         """Insert the records; returns how many were written."""
         if not records:
             return 0
@@ -159,7 +275,7 @@ class PredictionLog:
                 self._image_total = None  # recounted next time: other replicas may write to the same store
         return len(records)
 
-    def _insert(self, records: Sequence[PredictionRecord]) -> None:
+    def _insert(self, records: Sequence[LogRecord]) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(predictions), [r.row() for r in records])
             kept = [r for r in records if r.image is not None]
@@ -268,6 +384,71 @@ class PredictionLog:
             for row in conn.execute(query):
                 yield LabelledImage(str(row.request_id), str(row.label), row.content_type, bytes(row.data))
 
+    # -- drift verdicts ---------------------------------------------------------------------------------------------
+
+    def save_verdict(
+        self,
+        model_version: str,
+        *,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+        report_html: bytes | None = None,
+    ) -> DriftVerdict:
+        """Record a drift check's outcome; only the newest ``REPORTS_KEPT`` checks keep their HTML report."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(drift_checks).values(
+                    checked_at=now,
+                    model_version=model_version,
+                    detected=bool(summary["drift_detected"]) if summary is not None else None,
+                    summary=json.dumps(summary) if summary is not None else None,
+                    error=error,
+                    report=gzip.compress(report_html) if report_html is not None else None,
+                )
+            )
+            keep = sa.select(drift_checks.c.id).order_by(drift_checks.c.id.desc()).limit(REPORTS_KEPT)
+            conn.execute(
+                sa.update(drift_checks)
+                .where(drift_checks.c.report.is_not(None), drift_checks.c.id.not_in(keep.scalar_subquery()))
+                .values(report=None)
+            )
+        return DriftVerdict(now, model_version, summary, error, report_html is not None)
+
+    def latest_verdict(self, model_version: str) -> DriftVerdict | None:
+        """The newest drift check of ``model_version``, or None when it has never been checked."""
+        query = (
+            sa.select(
+                drift_checks.c.checked_at,
+                drift_checks.c.summary,
+                drift_checks.c.error,
+                drift_checks.c.report.is_not(None).label("has_report"),
+            )
+            .where(drift_checks.c.model_version == model_version)
+            .order_by(drift_checks.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        summary = json.loads(row.summary) if row.summary is not None else None
+        checked_at = _utc(row.checked_at)
+        assert checked_at is not None
+        return DriftVerdict(checked_at, model_version, summary, row.error, bool(row.has_report))
+
+    def verdict_report(self, model_version: str) -> bytes | None:
+        """The HTML report of ``model_version``'s newest drift check, if it has one."""
+        query = (
+            sa.select(drift_checks.c.report)
+            .where(drift_checks.c.model_version == model_version)
+            .order_by(drift_checks.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            data = conn.execute(query).scalar_one_or_none()
+        return gzip.decompress(data) if data is not None else None
+
     def image_bytes(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(images.c.size), 0))).scalar_one())
@@ -300,7 +481,7 @@ class LogWriter:
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
-        self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=max_queued)
+        self.queue: queue.Queue[LogRecord | None] = queue.Queue(maxsize=max_queued)
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.on_drop = on_drop
@@ -315,7 +496,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="plantdx-predlog", daemon=True)
         self._thread.start()
 
-    def submit(self, record: PredictionRecord) -> bool:
+    def submit(self, record: LogRecord) -> bool:
         with self._done:
             fits = self._held + record.held_bytes <= self.max_bytes
             if fits:
@@ -360,7 +541,7 @@ class LogWriter:
             if stop:
                 return
 
-    def _write(self, batch: list[PredictionRecord]) -> None:
+    def _write(self, batch: list[LogRecord]) -> None:
         for record in batch:
             if record.prepare is not None:
                 try:

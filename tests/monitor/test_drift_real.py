@@ -16,7 +16,7 @@ from plantdx.config import MonitorConfig, load_settings
 from plantdx.data.split import manifest_for
 from plantdx.inference import Predictor, default_bundle_path
 from plantdx.monitor.drift import check_drift
-from plantdx.monitor.reference import score_images
+from plantdx.serve.prediction_log import score_images
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

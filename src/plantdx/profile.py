@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from plantdx.images import LUMA, input_rgb
+
 PROFILE_VERSION = 1
 IMAGE_FEATURES = (
     "mean_r",
@@ -25,7 +27,6 @@ IMAGE_FEATURES = (
     "sharpness",
 )
 EMBEDDING_COMPONENTS = 8
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601 weights: brightness and contrast are of luma
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
@@ -59,13 +60,6 @@ def features_from_input(x: np.ndarray, spec: dict[str, Any]) -> dict[str, float]
     The reference profile measured the same resized image as uint8, so the two agree to float rounding.
     """
     return image_features(input_rgb(x, spec))
-
-
-def input_rgb(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """A preprocessed CHW model input back to the HWC RGB image on 0..1 that it was normalised from."""
-    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
-    return np.asarray(np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0))
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -16,13 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import free_port
-from plantdx.monitor.log import FEATURE_COLUMNS, LogWriter, PredictionLog, PredictionRecord
+from plantdx.serve.prediction_log import FEATURE_COLUMNS, LogRecord, LogWriter, PredictionLog
 
 PG_BIN = Path("/usr/lib/postgresql")
 
 
-def _record(i: int, predicted: str = "A", image: bytes | None = None, at: datetime | None = None) -> PredictionRecord:
-    return PredictionRecord(
+def _record(i: int, predicted: str = "A", image: bytes | None = None, at: datetime | None = None) -> LogRecord:
+    return LogRecord(
         request_id=f"r{i}",
         model_version="v1",
         predicted=predicted,

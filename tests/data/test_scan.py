@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_CLASSES, make_leaf, write_tiny_dataset
+from conftest import make_leaf, write_tiny_dataset
 from plantdx.cli import app
 from plantdx.data.scan import scan_dataset
 from plantdx.errors import DataError
@@ -89,22 +89,3 @@ def test_cli_check_clean_and_strict_passes(tiny_dataset: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "no problems found" in result.output
-
-
-def test_cli_stats(tiny_dataset: Path) -> None:
-    result = CliRunner().invoke(app, ["data", "stats", str(tiny_dataset)])
-    assert result.exit_code == 0, result.output
-    assert "36 images in 3 classes" in result.output
-    assert "imbalance (largest / smallest class): 1.00" in result.output
-    assert "not counted" not in result.output
-
-
-def test_cli_stats_says_what_it_did_not_count(tiny_dataset: Path, tmp_path: Path) -> None:
-    root = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
-    (root / TINY_CLASSES[0] / "bad.jpg").write_bytes(b"not a jpeg")
-    (root / TINY_CLASSES[0] / "notes.txt").write_text("field notes")
-    result = CliRunner().invoke(app, ["data", "stats", str(root)])
-    assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
-    assert "36 images in 3 classes" in said
-    assert "not counted: 1 unreadable images, 1 files that are not images" in said
