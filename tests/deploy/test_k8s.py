@@ -46,6 +46,7 @@ SERVING_KINDS = Counter(
         "ResourceQuota": 1,
         "LimitRange": 1,
         "NetworkPolicy": 3,
+        "CronJob": 1,
         "ServiceMonitor": 1,
         "PrometheusRule": 1,
     }
@@ -80,12 +81,20 @@ def one(target: str, kind: str, name: str) -> dict[str, Any]:
     return found
 
 
-def containers(target: str) -> list[tuple[str, dict[str, Any]]]:
-    """(owner name, container) for every container of every workload."""
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment, a Job or a CronJob."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"]["spec"])
+
+
+def containers(
+    target: str, kinds: tuple[str, ...] = ("Deployment", "Job", "CronJob")
+) -> list[tuple[str, dict[str, Any]]]:
+    """(owner name, container) for every container of every workload (of ``kinds``)."""
     out = []
     for obj in render(target):
-        if obj["kind"] in ("Deployment", "Job"):
-            out += [(obj["metadata"]["name"], c) for c in obj["spec"]["template"]["spec"]["containers"]]
+        if obj["kind"] in kinds:
+            out += [(obj["metadata"]["name"], c) for c in pod_spec(obj)["containers"]]
     return out
 
 
@@ -141,9 +150,9 @@ def test_every_object_validates(target: str, version: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_container_has_limits_and_runs_non_root_on_a_read_only_filesystem(target: str) -> None:
-    workloads = [o for o in render(target) if o["kind"] in ("Deployment", "Job")]
+    workloads = [o for o in render(target) if o["kind"] in ("Deployment", "Job", "CronJob")]
     for workload in workloads:
-        pod = workload["spec"]["template"]["spec"]
+        pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -162,8 +171,9 @@ def test_every_container_has_limits_and_runs_non_root_on_a_read_only_filesystem(
 
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_every_service_container_has_probes(target: str) -> None:
-    """Long-running containers are probed; a container with a port is also only sent traffic when ready."""
-    for owner, c in containers(target):
+    """Long-running containers are probed; a container with a port is also only sent traffic when ready. (A
+    CronJob's check runs to completion: its Job's deadline is its probe.)"""
+    for owner, c in containers(target, ("Deployment",)):
         assert "livenessProbe" in c and "startupProbe" in c, owner
         if c.get("ports"):
             assert "readinessProbe" in c, owner
@@ -192,13 +202,20 @@ def test_secrets_are_referenced_never_written(target: str) -> None:
     config = objects(target, "ConfigMap")[0]["data"]
     for key in config:
         assert not re.search(r"TOKEN|PASSWORD|SECRET|REDIS_URL|LOG_URL", key), f"{key} belongs in the Secret"
-    for owner, c in containers(target):
+    for owner, c in containers(target, ("Deployment",)):
         env = {e["name"]: e for e in c.get("env", [])}
         assert "value" not in env["PLANTDX_SERVE__REDIS_URL"], owner
         assert env["PLANTDX_SERVE__REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "plantdx-secrets"
         # The API and the job workers write one prediction log, or jobs would escape drift checks and feedback.
         log_url = env["PLANTDX_MONITOR__LOG_URL"]["valueFrom"]["secretKeyRef"]
         assert log_url == {"name": "plantdx-secrets", "key": "monitor-log-url", "optional": True}, owner
+    # The drift checks read that log, and need it.
+    monitor = {e["name"]: e for e in dict(containers(target, ("CronJob",)))["plantdx-monitor"]["env"]}
+    assert monitor["PLANTDX_MONITOR__LOG_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "plantdx-secrets",
+        "key": "monitor-log-url",
+    }
+    assert all("value" not in e for e in monitor.values())
     api = dict(containers(target))["plantdx-api"]
     token = {e["name"]: e for e in api["env"]}["PLANTDX_ADMIN_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "plantdx-secrets", "key": "admin-token"}
@@ -250,7 +267,8 @@ def test_images_are_pinned(target: str) -> None:
 
 def test_production_runs_a_release_version() -> None:
     for owner, c in containers("production"):
-        assert re.fullmatch(r"ghcr\.io/[\w.-]+/plantdx-serve(:\d+\.\d+\.\d+|@sha256:[0-9a-f]{64})", c["image"]), owner
+        pattern = r"ghcr\.io/[\w.-]+/plantdx-(serve|monitor)(:\d+\.\d+\.\d+|@sha256:[0-9a-f]{64})"
+        assert re.fullmatch(pattern, c["image"]), owner
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -263,6 +281,7 @@ def test_the_quota_fits_the_largest_rollout(target: str) -> None:
     pods = {
         "plantdx-api": one(target, "HorizontalPodAutoscaler", "plantdx-api")["spec"]["maxReplicas"] + 1,
         "plantdx-worker": one(target, "Deployment", "plantdx-worker")["spec"]["replicas"] + 1,
+        "plantdx-monitor": 1,  # concurrencyPolicy Forbid: one check at a time
     }
     totals: Counter[str] = Counter()
     for owner, c in containers(target):
@@ -292,6 +311,20 @@ def test_traffic_and_scrapes_reach_the_api(target: str) -> None:
     assert [p["port"] for p in ingress["ingress"][0]["ports"]] == [8000]
     egress_ports = {p["port"] for rule in policies["plantdx-egress"]["egress"] for p in rule["ports"]}
     assert {53, 6379} <= egress_ports  # DNS and Redis, without which the API is not ready
+    assert 5432 in egress_ports  # the prediction log, which the API, the workers and the drift checks share
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_drift_checks_run_beside_the_api_on_a_schedule(target: str) -> None:
+    """Evidently runs in its own image, on a schedule, one check at a time; the API pods never run it."""
+    cron = one(target, "CronJob", "plantdx-monitor")["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and cron["schedule"] == "*/5 * * * *"
+    job = cron["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] < 5 * 60  # done before the next one is due
+    (monitor,) = pod_spec(one(target, "CronJob", "plantdx-monitor"))["containers"]
+    assert monitor["args"] == ["monitor"] and "/plantdx-monitor" in monitor["image"]
+    api = one(target, "Deployment", "plantdx-api")["spec"]["template"]["spec"]["containers"][0]
+    assert "/plantdx-serve" in api["image"]
 
 
 def test_the_prometheus_rule_carries_the_same_groups_as_the_rules_file() -> None:

@@ -39,6 +39,23 @@ def test_ten_per_minute_then_429_with_retry_after(exported: ExportResult) -> Non
         assert c.post("/v1/predict", files=files, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
 
 
+def test_a_batch_of_k_photos_costs_k(exported: ExportResult) -> None:
+    """A client must not multiply its budget by sending batches: 10/minute is ten photos, however they come."""
+    settings = serve_settings(exported.bundle, "serve.rate_limit=10/minute")
+    with TestClient(create_app(settings)) as c:
+        four = {"files": [("files", (f"{i}.jpg", jpeg(seed=i), "image/jpeg")) for i in range(4)]}
+        first = c.post("/v1/predict/batch", **four)  # type: ignore[arg-type]
+        assert first.status_code == 200 and len(first.json()["predictions"]) == 4
+        assert c.post("/v1/predict/batch", **four).status_code == 200  # type: ignore[arg-type]  # 8 of 10
+        over = c.post("/v1/predict/batch", **four)  # type: ignore[arg-type]  # 12 > 10: refused whole
+        assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"
+        assert "a batch of 4 photos costs 4" in over.json()["error"]["message"]
+        assert int(over.headers["retry-after"]) > 0
+        # What is left after the refusal (the refused batch took 1): one more photo goes through, then none.
+        files = {"file": ("a.jpg", jpeg(), "image/jpeg")}
+        assert [c.post("/v1/predict", files=files).status_code for _ in range(2)] == [200, 429]
+
+
 def test_admin_routes_absent_without_a_token(client: TestClient) -> None:
     assert client.post("/v1/admin/reload").status_code == 404
     assert "/v1/admin/reload" not in client.get("/openapi.json").json()["paths"]

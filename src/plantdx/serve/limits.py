@@ -8,11 +8,20 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from limits import parse
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 
 from plantdx.config import ServeConfig
-from plantdx.serve.errors import error_body
+from plantdx.serve.errors import ServiceError, error_body
+
+SCOPE = "diagnosis"  # one budget for predict, batch and jobs
+
+
+class BatchOverLimitError(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+    headers = {"Retry-After": "60"}
 
 
 def _digest(key: str) -> str:
@@ -71,3 +80,19 @@ def rate_limit_exceeded(request: Request, exc: RateLimitExceeded) -> Response:
     response = limiter._inject_headers(response, request.state.view_rate_limit)
     response.headers.setdefault("Retry-After", "60")
     return response
+
+
+def charge(request: Request, photos: int) -> None:
+    """A batch of k photos costs k against the rate limit: the route's limit took one when the request came in,
+    the rest are taken here, once the photos are counted, or the whole batch is refused with a 429 (nothing of it
+    is diagnosed). Else a client would multiply its budget by the batch size."""
+    if photos <= 1:
+        return
+    limiter: Limiter = request.app.state.limiter
+    rate: str = request.app.state.settings.serve.rate_limit
+    key = limiter._key_func(request)
+    if not limiter.limiter.hit(parse(rate), key, SCOPE, cost=photos - 1):
+        raise BatchOverLimitError(
+            f"rate limit exceeded: a batch of {photos} photos costs {photos} of the {rate} budget; send fewer or "
+            "retry later"
+        )

@@ -24,6 +24,7 @@ from plantdx.serve.errors import (
     TooLargeError,
     UnsupportedMediaError,
 )
+from plantdx.serve.limits import SCOPE, charge
 from plantdx.serve.schemas import (
     BatchItem,
     BatchRequest,
@@ -34,7 +35,7 @@ from plantdx.serve.schemas import (
     JobStatus,
     Prediction,
 )
-from plantdx.serve.uploads import UploadLimits, check_upload, sniff
+from plantdx.serve.uploads import TYPE_ALIASES, UploadLimits, check_upload, sniff
 
 log = logging.getLogger("plantdx.serve")
 TopKQuery = Annotated[int | None, Query(ge=1, le=100, description="how many classes to list (default 3)")]
@@ -68,26 +69,45 @@ def _remember(request: Request, p: Prediction) -> None:
     )
 
 
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+# One photo: a multipart 'file' part, or the photo itself as the body (no multipart framing to parse).
+ONE_PHOTO = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "the photo"}},
+                    "required": ["file"],
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES},
+        },
+    }
+}
+
+
 def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["diagnosis"], responses=ERRORS)
-    # One budget for the three routes that diagnose (a batch counts once): per route, a client would get three.
-    limit = limiter.shared_limit(rate_limit, scope="diagnosis")
+    # One budget for the three routes that diagnose (a batch of k costs k: `charge`): per route, a client would get
+    # three.
+    limit = limiter.shared_limit(rate_limit, scope=SCOPE)
 
-    @router.post("/predict", response_model=Prediction)
+    @router.post("/predict", response_model=Prediction, openapi_extra=ONE_PHOTO)
     @limit
     async def predict(
         request: Request,
         response: Response,
         engine: EngineDep,
         request_id: RequestIdDep,
-        file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
+        file: Annotated[UploadFile | None, File(include_in_schema=False)] = None,
         top_k: TopKQuery = None,
         explain: ExplainQuery = False,
     ) -> Prediction:
-        """Diagnose one leaf photo."""
-        await refuse_extra_files(request)
-        data = await read_upload(file, engine.limits)  # an oversized upload is refused before it is read into memory
-        result = await diagnose(engine, data, file.content_type, request_id, top_k=top_k, explain=explain)
+        """Diagnose one leaf photo: a multipart ``file``, or the photo as the body (``Content-Type: image/jpeg``)."""
+        data, content_type = await read_photo(request, file, engine.limits)
+        result = await diagnose(engine, data, content_type, request_id, top_k=top_k, explain=explain)
         _remember(request, result)
         return result
 
@@ -122,6 +142,7 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         """Diagnose up to 16 photos (base64 JSON or multipart ``files``); a bad item gets its own error."""
         limit_n = settings.serve.max_batch_images
         items = await _batch_items(request, limit_n, engine.limits.max_bytes)
+        charge(request, len(items))
 
         async def one(index: int, item: tuple[bytes, str | None] | ServiceError) -> BatchItem:
             if isinstance(item, ServiceError):
@@ -137,28 +158,27 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
 
         return BatchResponse(predictions=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(items)))))
 
-    @router.post("/jobs", response_model=JobCreated, status_code=202, tags=["jobs"])
+    @router.post("/jobs", response_model=JobCreated, status_code=202, tags=["jobs"], openapi_extra=ONE_PHOTO)
     @limit
     async def create_job(
         request: Request,
         response: Response,
         jobs: JobsDep,
         engine: EngineDep,
-        file: Annotated[UploadFile, File(description="a photo of one leaf: JPEG, PNG or WebP")],
+        file: Annotated[UploadFile | None, File(include_in_schema=False)] = None,
         top_k: TopKQuery = None,
         explain: ExplainQuery = False,
     ) -> JobCreated:
-        """Queue a diagnosis; poll ``GET /v1/jobs/{job_id}`` for the result."""
-        await refuse_extra_files(request)
-        data = await read_upload(file, engine.limits)
+        """Queue a diagnosis (the same photo as predict takes); poll ``GET /v1/jobs/{job_id}`` for the result."""
+        data, content_type = await read_photo(request, file, engine.limits)
         # What predict would refuse without decoding, a job is refused now, not queued. A JPEG's decoded size
         # depends on the model's resize (its DCT scale): before a model is loaded, that one check is left to the
         # worker, which makes them all again.
         min_side = engine.runtime.predictor.resize if engine.runtime is not None else None
         known = min_side is not None or sniff(data) != "image/jpeg"
         limits = engine.limits if known else engine.limits.without_decoded_check()
-        check_upload(data, file.content_type, limits, min_side)
-        job = await jobs.submit(data, file.content_type, top_k, explain)
+        check_upload(data, content_type, limits, min_side)
+        job = await jobs.submit(data, content_type, top_k, explain)
         request.scope.setdefault("state", {})["job_id"] = job.job_id
         return JobCreated(job_id=job.job_id, status=job.status)  # type: ignore[arg-type]
 
@@ -178,19 +198,28 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     return router
 
 
-async def refuse_extra_files(request: Request) -> None:
-    """FastAPI binds the last of several ``file`` parts: the others would be dropped without a word."""
-    parts = (await request.form()).getlist("file")  # the form FastAPI already parsed (Starlette caches it)
-    if len(parts) > 1:
-        raise InvalidRequestError(f"{len(parts)} 'file' parts; send one photo, or use /v1/predict/batch for several")
-
-
-async def read_upload(file: UploadFile, limits: UploadLimits) -> bytes:
-    """The upload's bytes, refusing an oversized file by its size before reading it into memory."""
-    limit = limits.max_bytes
-    if file.size is not None and file.size > limit:
-        raise TooLargeError(f"the file is {file.size} bytes; the limit is {limit}")
-    return await file.read()
+async def read_photo(request: Request, file: UploadFile | None, limits: UploadLimits) -> tuple[bytes, str | None]:
+    """The photo's bytes and declared type: a multipart ``file`` part, or the whole body of an ``image/*`` (or
+    ``application/octet-stream``) request. An oversized file is refused by its size before it is read into memory
+    (the middleware cuts a raw body off at the same bound)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        parts = (await request.form()).getlist("file")  # the form FastAPI already parsed (Starlette caches it)
+        if len(parts) > 1:  # FastAPI binds the last one: the others would be dropped without a word
+            raise InvalidRequestError(
+                f"{len(parts)} 'file' parts; send one photo, or use /v1/predict/batch for several"
+            )
+        if file is None:
+            raise InvalidRequestError("no 'file' part in the multipart body")
+        if file.size is not None and file.size > limits.max_bytes:
+            raise TooLargeError(f"the file is {file.size} bytes; the limit is {limits.max_bytes}")
+        return await file.read(), file.content_type
+    if content_type in RAW_TYPES or content_type in TYPE_ALIASES:
+        return await request.body(), content_type
+    raise InvalidRequestError(
+        "send the photo as a multipart 'file' part, or as the body with Content-Type image/jpeg, image/png or "
+        f"image/webp (got {content_type or 'no content type'!r})"
+    )
 
 
 async def _batch_items(request: Request, limit: int, max_bytes: int) -> list[tuple[bytes, str | None] | ServiceError]:
