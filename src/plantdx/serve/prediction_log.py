@@ -157,38 +157,10 @@ def monitor_row(diagnosis: Diagnosis, x: np.ndarray, predictor: Predictor) -> di
     return row
 
 
-def sampled_record(
-    cfg: MonitorConfig,
-    rng: random.Random,
-    request_id: str,
-    model_version: str,
-    diagnosis: Diagnosis,
-    x: np.ndarray,
-    predictor: Predictor,
-    data: bytes,
-    content_type: str | None,
-) -> LogRecord | None:
-    """The log record of one served answer, or None when sampling leaves it out; its features are computed later,
-    by the log writer's thread (``prepare``), so the request path only builds this object."""
-    if cfg.sample_rate < 1 and rng.random() >= cfg.sample_rate:
-        return None
-    keep_image = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or rng.random() < cfg.image_sample_rate)
-    return LogRecord(
-        request_id=request_id,
-        model_version=model_version,
-        predicted=diagnosis.label,
-        confidence=diagnosis.confidence,
-        abstained=diagnosis.abstained,
-        image=data if keep_image else None,
-        content_type=content_type,
-        prepare=lambda: monitor_row(diagnosis, x, predictor),
-        held_bytes=x.nbytes + (len(data) if keep_image else 0),
-    )
-
-
 class Recording:
     """The prediction log's step of a diagnosis (a ``plantdx.serve.diagnosis.Recorder``): sample, build the record
-    and queue it for the writer thread; O(1) and no I/O on the request path."""
+    and queue it for the writer thread. O(1) and no I/O on the request path: the record's features are computed
+    later, by the writer's thread (``prepare``)."""
 
     def __init__(self, cfg: MonitorConfig, writer: LogWriter) -> None:
         self.cfg = cfg
@@ -205,11 +177,22 @@ class Recording:
         data: bytes,
         content_type: str | None,
     ) -> None:
-        record = sampled_record(
-            self.cfg, self._random, request_id, model_version, diagnosis, x, predictor, data, content_type
+        cfg, rng = self.cfg, self._random
+        if cfg.sample_rate < 1 and rng.random() >= cfg.sample_rate:
+            return
+        keep_image = cfg.image_store_mb > 0 and (cfg.image_sample_rate >= 1 or rng.random() < cfg.image_sample_rate)
+        record = LogRecord(
+            request_id=request_id,
+            model_version=model_version,
+            predicted=diagnosis.label,
+            confidence=diagnosis.confidence,
+            abstained=diagnosis.abstained,
+            image=data if keep_image else None,
+            content_type=content_type,
+            prepare=lambda: monitor_row(diagnosis, x, predictor),
+            held_bytes=x.nbytes + (len(data) if keep_image else 0),
         )
-        if record is not None:
-            self.writer.submit(record)
+        self.writer.submit(record)
 
 
 def _as_utc(value: datetime) -> datetime:
