@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_leaf
+from conftest import SMOKE, make_leaf
 from plantdx.bundle import BundleError, load_bundle, write_card
 from plantdx.config import ExportConfig, Settings
 from plantdx.data.datamodule import PlantDataModule
@@ -73,7 +73,7 @@ def test_torch_and_numpy_preprocessing_agree_on_images(
     predictor = Predictor(exported.bundle)
     rows = trained.manifest.split("test")
     torch_x = torch.stack([dm.dataset("test")[i][0] for i in range(len(rows))]).numpy()
-    numpy_x = np.stack([predictor.preprocess(load_rgb(settings.dataset.root / r.path)) for r in rows])
+    numpy_x = np.stack([predictor.preprocess(load_rgb(settings.dataset.locate(r.root, r.path))) for r in rows])
     np.testing.assert_allclose(torch_x, numpy_x, atol=1e-5)
     torch_out = torch_logits(trained.module.model, torch_x)
     onnx_out = predictor.logits(numpy_x)
@@ -260,3 +260,62 @@ def test_int8_is_kept_only_when_both_faster_and_accurate_enough() -> None:
     assert int8_refusals(3.0, 0.51, cfg) == ["accuracy drops 0.51 points, more than 0.5"]
     assert len(int8_refusals(0.59, 0.12, cfg)) == 1  # the default bundle's measured case: slower, so dropped
     assert len(int8_refusals(0.5, 2.0, cfg)) == 2
+
+
+@pytest.mark.slow
+def test_a_model_of_lab_field_and_non_leaf_photos_exports_what_each_domain_gets(
+    tiny_dataset: Path,
+    tmp_path: Path,
+    clean_env: None,  # noqa: ARG001
+) -> None:
+    """Several roots, a "not a leaf" class: the card scores each domain on the serving path, the "not a leaf"
+    output is a reason to abstain and never an answer, and the checks that turn photos away are each counted."""
+    from plantdx.config import load_settings
+    from plantdx.export import export
+    from plantdx.train import train
+
+    field = tmp_path / "field"
+    for c, label in enumerate(("Crop___Blight", "Crop___Spot")):
+        (field / label).mkdir(parents=True)
+        for i in range(8):
+            make_leaf(label, seed=7000 + 100 * c + i, size=40).save(field / label / f"{i}.jpg")
+    other = tmp_path / "other"
+    for k in range(6):  # six categories of flat grey-blue pictures: nothing like a leaf
+        (other / f"thing{k}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 + 20 * k, 70 + 10 * i, 160)).save(other / f"thing{k}" / f"{i}.jpg")
+    settings = load_settings(
+        SMOKE,
+        [
+            f'dataset.root=["{tiny_dataset}", "field={field}", "nonleaf={other}"]',
+            "dataset.max_per_class=null",
+            "dataset.min_images_per_class=3",
+            "dataset.image_size=32",
+            "dataset.balance=sampler",
+            'dataset.domain_weights={"lab": 0.5, "field": 0.3, "nonleaf": 0.2}',
+            "train.max_epochs=3",
+            "train.lr=0.01",
+            f"train.output_dir={tmp_path / 'runs'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+            "export.reference_images=20",
+            "export.int8=false",
+            "export.threads=1",
+        ],
+    )
+    trained = train(settings)
+    assert set(trained.test_by_domain) == {"lab", "field", "nonleaf"}
+    card = export(settings, tmp_path / "bundle", run_id=trained.run_id).card
+    domains = card["metrics"]["domains"]
+    assert set(domains) == {"lab", "field", "nonleaf"}
+    assert set(domains["nonleaf"]) == {"images", "abstained"}  # no disease to get right on a non-leaf photo
+    assert {"accuracy", "f1_macro", "min_class_recall", "ece", "answered", "answered_accuracy"} <= set(domains["field"])
+    assert card["metrics"]["test_field_accuracy"] == domains["field"]["accuracy"]
+    assert set(card["abstention"]["nonleaf"]) >= {"not_a_leaf_output", "low_confidence", "uniform", "any"}
+    assert set(card["robustness"]) == {"clean", "blur_sigma2", "dark_0.35", "noise_0.08", "jpeg_q12"}
+    calibration = json.loads((tmp_path / "bundle" / "calibration.json").read_text())
+    assert calibration["reject_label"] == "not_a_leaf" and calibration["abstain_target_domain"] == "field"
+    predictor = Predictor(tmp_path / "bundle")
+    answers = predictor.predict([Image.open(p) for p in sorted(other.rglob("*.jpg"))])
+    assert all(a.label != "not_a_leaf" for a in answers)  # never an answer
+    assert all(not_leaf not in dict(a.top_k) for a in answers for not_leaf in ["not_a_leaf"])

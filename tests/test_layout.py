@@ -76,7 +76,7 @@ def test_imports_follow_the_data() -> None:
 
 def _loaded_after(code: str) -> set[str]:
     probe = f"{code}\nimport sys\nprint(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return set(proc.stdout.split())
 

@@ -70,6 +70,8 @@ def _as_trained(settings: Settings, module: PlantClassifier, recorded: dict[str,
     else:
         on_val = settings.dataset.train_on_val
     out: dict[str, Any] = {"train_on_val": on_val}
+    if module.hparams.get("domain_train_fraction"):
+        out["domain_train_fraction"] = dict(module.hparams["domain_train_fraction"])
     if module.hparams.get("train_fraction") is not None:
         out["train_fraction"] = float(module.hparams["train_fraction"])
         out["seed"] = int(module.hparams["data_seed"])  # the fraction's draw depends on it

@@ -156,6 +156,10 @@ class DatasetConfig(_Section):
         le=1,
         description="learn from this share of each class's training images (a learning curve); val and test unchanged",
     )
+    domain_train_fraction: dict[str, float] = Field(
+        default_factory=dict,
+        description="the same for one domain, e.g. field: 0.5 (a learning curve of the field photos alone)",
+    )
 
     @field_validator("root", mode="before")
     @classmethod

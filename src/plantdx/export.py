@@ -35,9 +35,9 @@ from plantdx.data.split import Manifest, ManifestRow
 from plantdx.data.transforms import preprocess_spec
 from plantdx.errors import PlantdxError
 from plantdx.images import load_rgb, resize_for_model, to_input
-from plantdx.inference import Diagnosis, Predictor, create_session
+from plantdx.inference import Diagnosis, Predictor, create_session, input_contrast
 from plantdx.model import PlantClassifier, PlantCNN
-from plantdx.ood import fit_detector
+from plantdx.ood import fit_detector, ood_scores
 from plantdx.profile import features_from_input, reference_profile
 from plantdx.scores import EvalReport, compute_report, expected_calibration_error, softmax
 from plantdx.weights import PACKAGED
@@ -355,6 +355,31 @@ def abstain_threshold(
     return 0.99, False
 
 
+def abstention_sources(
+    predictor: Predictor, outputs: np.ndarray, inputs: np.ndarray, rows: Sequence[ManifestRow]
+) -> dict[str, dict[str, float]]:
+    """Per domain, the share of photos each check alone would turn away, and all of them together (what is
+    served): which of the "not a leaf" output, the out-of-distribution score, the confidence threshold and the
+    contrast floor does the work, and what each costs in good leaves."""
+    logits, embeddings = predictor.split(outputs)
+    probs = softmax(logits, predictor.temperature)
+    _, confidence, not_leaf = answers_of(probs, predictor.reject)
+    checks: dict[str, np.ndarray] = {
+        "low_confidence": confidence < predictor.threshold,
+        "uniform": np.array([input_contrast(x, predictor.spec) < (predictor.min_contrast or 0) for x in inputs]),
+    }
+    if predictor.reject is not None:
+        checks["not_a_leaf_output"] = not_leaf >= predictor.reject_threshold
+    if predictor.ood is not None and embeddings is not None:
+        checks["out_of_distribution"] = ood_scores(embeddings, predictor.ood) > predictor.ood["threshold"]
+    checks["any"] = np.any(np.stack(list(checks.values())), axis=0)
+    domains = np.array([r.domain for r in rows])
+    return {
+        str(d): {name: float(hit[domains == d].mean()) for name, hit in checks.items()}
+        for d in dict.fromkeys(domains.tolist())
+    }
+
+
 TAGGED = ("accuracy", "f1_macro", "abstained", "answered_accuracy")  # per domain, also flat in card["metrics"]
 
 
@@ -566,8 +591,10 @@ def _write_bundle(
     (out / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
     # Every test photo through the serving path (the staged bundle's Predictor): what a grower would have been told.
     served = Predictor(Bundle(out, classes, spec, calibration, profile, {}))
-    answers = served.answer(served.forward(test_x), test_x)
+    outputs = served.forward(test_x)
+    answers = served.answer(outputs, test_x)
     by_domain = served_scores(answers, test_rows, test_logits, test_y, temperature, classes)
+    abstention = abstention_sources(served, outputs, test_x, test_rows)
     robustness = None
     if cfg.robustness:  # the test leaves, spoilt as phones spoil photos (plantdx.corruptions)
         leaf_rows = [r for r in test_rows if r.domain != NONLEAF]
@@ -617,6 +644,7 @@ def _write_bundle(
             **{f"test_{d}_{k}": v for d, scores in by_domain.items() for k, v in scores.items() if k in TAGGED},
             "domains": by_domain,
         },
+        "abstention": abstention,
         **({"robustness": robustness} if robustness is not None else {}),
         "latency_ms": {
             "onnx_fp32_p50": fp32_latency.p50_ms,

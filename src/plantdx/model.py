@@ -373,6 +373,7 @@ class PlantClassifier(L.LightningModule):
         trained_on_val: bool | None = None,  # a refit, kept in the checkpoint so export refuses it wherever it is
         # (None: a checkpoint from before this was recorded)
         train_fraction: float | None = None,  # the share of each class it learnt from, and the seed that drew it:
+        domain_train_fraction: dict[str, float] | None = None,  # (and the shares of single domains)
         data_seed: int | None = None,  # evaluate --split train scores those images wherever the file goes
     ) -> None:
         super().__init__()

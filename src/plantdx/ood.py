@@ -21,10 +21,20 @@ def fit_ood(
     *,
     quantile: float = 0.975,
     ridge: float = 1e-3,
+    dims: int = 64,
 ) -> dict[str, Any]:
-    """Class means, the shared precision matrix, and the threshold at ``quantile`` of the validation scores."""
+    """Class means, the shared precision matrix, and the threshold at ``quantile`` of the validation scores.
+
+    An embedding wider than ``dims`` (EfficientNet-Lite0's has 1,280) is first projected on its ``dims`` principal
+    components: a full precision matrix would be 1.6 M numbers (20 MB of calibration.json) and a product of that
+    size per request, for a distance that the leading components carry.
+    """
     mean = train_embeddings.mean(axis=0)
-    z = train_embeddings - mean
+    components = None
+    if train_embeddings.shape[1] > dims:
+        _, _, vt = np.linalg.svd(train_embeddings - mean, full_matrices=False)
+        components = vt[:dims]
+    z = _project(train_embeddings, mean, components)
     classes = np.unique(train_labels)
     means = np.zeros((int(train_labels.max()) + 1, z.shape[1]))
     for c in classes:
@@ -34,6 +44,7 @@ def fit_ood(
     ood = {
         "method": "mahalanobis",
         "mean": mean.tolist(),
+        **({"components": components.tolist()} if components is not None else {}),
         "class_means": means.tolist(),
         "precision": np.linalg.inv(cov).tolist(),
         "quantile": quantile,
@@ -62,7 +73,8 @@ def fit_detector(
 
 def ood_scores(embeddings: np.ndarray, ood: dict[str, Any]) -> np.ndarray:
     """Squared Mahalanobis distance to the nearest class mean, one per row."""
-    z = np.asarray(embeddings, dtype=np.float64) - np.asarray(ood["mean"])
+    components = ood.get("components")
+    z = _project(np.asarray(embeddings, dtype=np.float64), np.asarray(ood["mean"]), components)
     means = np.asarray(ood["class_means"])
     precision = np.asarray(ood["precision"])
     # (z - m) P (z - m)^T = zPz - 2 zPm + mPm for every class mean m at once. einsum, not @: these products are
@@ -71,6 +83,12 @@ def ood_scores(embeddings: np.ndarray, ood: dict[str, Any]) -> np.ndarray:
     mpm = (np.einsum("ci,ij->cj", means, precision) * means).sum(axis=1)
     d = (zp * z).sum(axis=1)[:, None] - 2 * np.einsum("bj,cj->bc", zp, means) + mpm[None, :]
     return np.asarray(d.min(axis=1))
+
+
+def _project(embeddings: np.ndarray, mean: np.ndarray, components: Any) -> np.ndarray:
+    """Centred, and on the principal components when the detector has them."""
+    z = embeddings - mean
+    return z if components is None else np.asarray(np.einsum("bi,ki->bk", z, np.asarray(components)))
 
 
 def round_floats(ood: dict[str, Any], digits: int = 6) -> dict[str, Any]:

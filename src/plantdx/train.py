@@ -219,6 +219,7 @@ def train(settings: Settings, resume: Path | None = None) -> TrainResult:
         data_hash=manifest.digest,
         trained_on_val=settings.dataset.train_on_val,
         train_fraction=settings.dataset.train_fraction,
+        domain_train_fraction=settings.dataset.domain_train_fraction or None,
         data_seed=settings.dataset.seed,
     )
 

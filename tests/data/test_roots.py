@@ -4,6 +4,7 @@ photo session or a non-leaf category across splits."""
 from __future__ import annotations
 
 import csv
+import itertools
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_the_series_split_holds_out_whole_runs_of_a_photo_session(roots: dict[st
             if r.domain == "lab" and Path(r.path).stem.startswith("s"):
                 series, number = Path(r.path).stem.split("_")[:2]
                 by_series[(r.label, series)].append((int(number), r.split))
-        return [sum(a[1] != b[1] for a, b in zip(sorted(v), sorted(v)[1:])) for v in by_series.values()]
+        return [sum(a[1] != b[1] for a, b in itertools.pairwise(sorted(v))) for v in by_series.values()]
 
     series = changes("series")
     assert max(series) <= 2 and sum(series) > 0  # three runs: at most two changes, and the runs do differ

@@ -124,22 +124,27 @@ def sample_weights(rows: Sequence[ManifestRow], domain_weights: dict[str, float]
 
 def training_rows(cfg: DatasetConfig, manifest: Manifest) -> list[ManifestRow]:
     """The images a model learns from: the train split, with the validation images too for a refit
-    (``train_on_val``), and only ``train_fraction`` of each class for a learning curve.
+    (``train_on_val``), and only ``train_fraction`` of each class (``domain_train_fraction`` of a domain's) for a
+    learning curve.
 
     The share is drawn per class in a fixed order (a hash of the seed and the path), so a smaller share is a subset
     of a larger one and every run with the same settings sees the same images.
     """
     rows = manifest.split("train") + (manifest.split("val") if cfg.train_on_val else [])
-    if cfg.train_fraction >= 1.0:
+
+    def share(row: ManifestRow) -> float:
+        return cfg.domain_train_fraction.get(row.domain, cfg.train_fraction)
+
+    if all(share(r) >= 1.0 for r in rows):
         return rows
     kept: list[ManifestRow] = []
-    for label in manifest.classes:
+    for domain, label in sorted({(r.domain, r.label) for r in rows}):
         of_class = sorted(
-            (r for r in rows if r.label == label),
+            (r for r in rows if r.label == label and r.domain == domain),
             key=lambda r: hashlib.sha256(f"{cfg.seed}:{r.path}".encode()).hexdigest(),
         )
-        kept += of_class[: max(1, round(cfg.train_fraction * len(of_class)))] if of_class else []
-    return sorted(kept, key=lambda r: r.path)
+        kept += of_class[: max(1, round(share(of_class[0]) * len(of_class)))]
+    return sorted(kept, key=lambda r: (r.root, r.path))
 
 
 class PlantDataModule(L.LightningDataModule):
