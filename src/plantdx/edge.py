@@ -79,7 +79,7 @@ class EdgeResult:
 
 
 def _const(name: str, value: np.ndarray) -> TensorProto:
-    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+    return numpy_helper.from_array(np.array(value, order="C"), name)  # (ascontiguousarray makes a scalar 1-D)
 
 
 def _stored(name: str, value: np.ndarray, weights: str, axis: int | None) -> tuple[list[TensorProto], list[Any]]:
@@ -118,6 +118,17 @@ def _weight_axes(graph: onnx.GraphProto) -> dict[str, int]:
         elif node.op_type == "MatMul" and len(node.input) > 1:
             axes[node.input[1]] = 1
     return axes
+
+
+def _whitening(precision: np.ndarray) -> np.ndarray:
+    """``L`` with ``L L^T = P``: the Cholesky factor (triangular), or from the eigenvectors when rounding in
+    calibration.json left ``P`` not quite positive definite."""
+    symmetric = (precision + precision.T) / 2
+    try:
+        return np.asarray(np.linalg.cholesky(symmetric))
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(symmetric)
+        return np.asarray(vectors * np.sqrt(np.clip(values, 0, None)))
 
 
 def _prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
@@ -194,8 +205,7 @@ def build_edge_graph(bundle: Bundle, weights: str = "fp32") -> onnx.ModelProto:
     # the class-conditional Mahalanobis distance (plantdx.ood) through the Cholesky factor of the precision matrix:
     # d_k = |emb L - (mean + m_k) L|^2, no cancellation in fp32, and L is triangular (half zeros: gzip halves it)
     if ood is not None:
-        precision = np.asarray(ood["precision"], np.float64)
-        factor = np.linalg.cholesky((precision + precision.T) / 2)
+        factor = _whitening(np.asarray(ood["precision"], np.float64))
         centres = (np.asarray(ood["mean"], np.float64) + np.asarray(ood["class_means"], np.float64)) @ factor
         tensors, extra = _stored("e_ood_factor", factor, "fp32" if weights == "fp32" else "fp16", None)
         inits += tensors
