@@ -95,8 +95,8 @@ def test_a_not_a_leaf_class_is_a_reason_and_never_the_answer(exported: ExportRes
     write_card(folder, {k: v for k, v in exported.card.items() if k != "files"})
     bundle = load_bundle(folder)
     onnx.save(build_edge_graph(bundle), str(tmp_path / "edge.onnx"))
-    crops = np.concatenate([odd_crops(32, 40, seed=1), np.stack([np.asarray(Image.new("RGB", (32, 32), c)) for c in
-                                                                  ((150, 90, 40), (60, 140, 60), (40, 170, 90))])])  # fmt: skip
+    plain = [np.asarray(Image.new("RGB", (32, 32), c)) for c in ((150, 90, 40), (60, 140, 60), (40, 170, 90))]
+    crops = np.concatenate([odd_crops(32, 40, seed=1), np.stack(plain)])
     parity = edge_parity(bundle, tmp_path / "edge.onnx", crops)
     assert parity.top1_agreement == 1.0 and parity.reason_agreement == 1.0
     answers = run_edge(create_session(tmp_path / "edge.onnx"), crops)
