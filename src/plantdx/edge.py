@@ -195,7 +195,8 @@ def build_edge_graph(bundle: Bundle, weights: str = "fp32") -> onnx.ModelProto:
         helper.make_node("ArgMax", ["e_leaf"], ["label"], axis=1, keepdims=0),
         helper.make_node("ReduceMax", ["e_leaf", const("e_c", [1], np.int64)], ["confidence"], keepdims=0),
     ]
-    const("e_zero", 0.0)
+    if reject is None or ood is None:
+        const("e_zero", 0.0)  # the stand-in for a score the bundle does not have
     if reject is not None:
         nodes.append(
             helper.make_node("Gather", ["probabilities", const("e_r", reject, np.int64)], ["not_leaf"], axis=1)
