@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import re
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,21 +36,24 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from plantdx.bundle import load_bundle
+from plantdx.config import DatasetConfig
+from plantdx.data.split import manifest_for
+from plantdx.edge import REASONS, build_edge_graph, dataset_of, reason_code
+from plantdx.inference import default_bundle_path
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from conftest import free_port  # noqa: E402
-
-from plantdx.bundle import load_bundle  # noqa: E402
-from plantdx.config import DatasetConfig  # noqa: E402
-from plantdx.data.split import manifest_for  # noqa: E402
-from plantdx.edge import REASONS, build_edge_graph, dataset_of, reason_code  # noqa: E402
-from plantdx.inference import default_bundle_path  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 BUDGET = 6_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def start_server(bundle: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -81,14 +84,11 @@ def brotli_size(data: bytes) -> int | None:
 
 def sizes(bundle: Any) -> dict[str, Any]:
     """The edge model in each storage format, as bytes on disk and on the wire."""
-    import onnx
-
     out: dict[str, Any] = {}
     for weights in ("fp32", "fp16", "int8"):
         data = build_edge_graph(bundle, weights).SerializeToString()
         gz = len(gzip.compress(data, compresslevel=9, mtime=0))
         out[weights] = {"bytes": len(data), "gzip": gz, "brotli": brotli_size(data), "fits_6MB_gzip": gz <= BUDGET}
-    del onnx
     return out
 
 
@@ -206,7 +206,10 @@ def main() -> None:
         proc, url = start_server(bundle.path, Path(tmp))
         try:
             info = httpx.get(f"{url}/v1/model", timeout=10).json()
-            with httpx.Client(base_url=url) as c, c.stream("GET", info["edge"]["url"], headers={"Accept-Encoding": "gzip"}) as r:
+            with (
+                httpx.Client(base_url=url, timeout=300) as c,
+                c.stream("GET", info["edge"]["url"], headers={"Accept-Encoding": "gzip"}) as r,
+            ):
                 wire = sum(len(x) for x in r.iter_raw())  # fmt: skip
             print("asking the server", flush=True)
             server = served(url, files)
