@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def test_the_page_is_installable_and_its_worker_and_runtime_are_served(client: T
         worker.headers["content-type"].startswith("text/javascript") and worker.headers["cache-control"] == "no-cache"
     )
     # every file the worker keeps for offline use exists
-    shell = json.loads(worker.text.split("var SHELL = ", 1)[1].split(";", 1)[0].replace("VENDOR + ", "").replace(
-        '"ort', '"/static/vendor/onnxruntime-web/ort').rstrip().rstrip(",").replace(",\n]", "\n]"))  # fmt: skip
+    block = worker.text.split("var SHELL = [", 1)[1].split("];", 1)[0]
+    vendor = re.search(r'var VENDOR = "([^"]+)"', worker.text).group(1)  # type: ignore[union-attr]
+    shell = [("" if item.startswith("/") else vendor) + item for item in re.findall(r'"([^"]+)"', block)]
+    assert "/" in shell and any(path.endswith(".wasm") for path in shell)
     for path in shell:
         assert client.get(path).status_code == 200, path
     assert client.get("/static/edge/engine.mjs").headers["content-type"].startswith("text/javascript")
