@@ -26,6 +26,7 @@
   var edge = { engine: null, outbox: null, error: null, updating: false, pending: 0 };
   var SERVER_TIMEOUT_WITH_EDGE_MS = 10000; // with a model on the phone, a silent network is not waited for long
   var FLUSH_EVERY_MS = 10000;
+  var CHECK_EVERY_MS = 30 * 60 * 1000; // a page left open still hears of a new champion
   var lastResult = null; // {answer, file}
   var knownClasses = [];
   var advice = null; // {classes: {...}} once loaded
@@ -666,11 +667,29 @@
         if (navigator.onLine !== false) updateModel();
         flushOutbox();
         setInterval(flushOutbox, FLUSH_EVERY_MS);
+        setInterval(function () {
+          if (navigator.onLine !== false) updateModel();
+        }, CHECK_EVERY_MS);
+        showConnection();
       });
     window.addEventListener("online", function () {
+      showConnection();
       updateModel();
       flushOutbox();
     });
+    window.addEventListener("offline", showConnection);
+  }
+
+  // Say so as soon as the phone knows it has no signal, not only after a diagnosis.
+  function showConnection() {
+    if (navigator.onLine === false) {
+      el.offline.textContent = edgeReady()
+        ? "You are offline: leaves are checked on this phone, and feedback is kept until you are back online."
+        : "You are offline, and this phone has no model yet: open the page once with a connection.";
+      show(el.offline, true);
+    } else if (lastResult === null || !lastResult.answer.local) {
+      show(el.offline, false);
+    }
   }
 
   /* ---------- wiring ---------- */
