@@ -85,6 +85,11 @@ def test_installed_page_diagnoses_offline_and_takes_the_new_champion(real_data: 
             page.goto(server.url + "/")
             expect(edge_info).to_have_attribute("data-sha256", sha_a, timeout=60000)
             assert page.evaluate("navigator.serviceWorker.ready.then(r => r.active.state)") == "activated"
+            # Chrome's own verdict: installable, but for the throwaway (incognito-like) profile Playwright uses
+            cdp = context.new_cdp_session(page)
+            assert cdp.send("Page.getAppManifest")["errors"] == []
+            blocking = [e["errorId"] for e in cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]]
+            assert blocking in ([], ["in-incognito"]), blocking
 
             # 2. no server: the page opens from the cache and diagnoses the leaf as the server did
             stop(server)
