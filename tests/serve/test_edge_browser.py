@@ -109,7 +109,8 @@ def test_installed_page_diagnoses_offline_and_takes_the_new_champion(real_data: 
             )
             assert local["prediction"] == truth["prediction"]
             assert local["abstained"] == truth["abstained"]
-            assert abs(local["confidence"] - truth["confidence"]) < 1e-4
+            exact = info["edge"]["weights"] == "fp32"  # fp16 or int8 weights: as close as export checked
+            assert abs(local["confidence"] - truth["confidence"]) < (1e-4 if exact else 0.05)
 
             # 3. feedback given offline is kept
             page.select_option("#feedback-label", "Tomato___Late_blight")
