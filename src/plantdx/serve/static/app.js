@@ -650,7 +650,6 @@
       renderEdgeInfo();
       return;
     }
-    navigator.serviceWorker.register("/sw.js").catch(function () {});
     import("/static/edge/engine.mjs")
       .then(function (mod) {
         var engine = new mod.EdgeEngine();
@@ -664,7 +663,11 @@
       })
       .then(function () {
         renderEdgeInfo();
-        if (navigator.onLine !== false) updateModel();
+        // the worker keeps the page's files once the model is in: on the first visit they do not compete
+        var registerWorker = function () {
+          navigator.serviceWorker.register("/sw.js").catch(function () {});
+        };
+        (navigator.onLine !== false ? updateModel() : Promise.resolve()).then(registerWorker, registerWorker);
         flushOutbox();
         setInterval(flushOutbox, FLUSH_EVERY_MS);
         setInterval(function () {
