@@ -157,8 +157,13 @@ export class EdgeEngine {
     this.checkedAt = meta ? meta.value : null;
     const kept = await tx(this.db, "models", "readonly", (s) => s.get("current"));
     if (kept) {
-      this.session = await this.session_(kept.bytes);
-      this.model = { ...kept, bytes: undefined };
+      try {
+        this.session = await this.session_(kept.bytes);
+        this.model = { ...kept, bytes: undefined };
+      } catch (e) {
+        // a kept model this runtime cannot open (storage damaged, or a runtime update): fetch it again
+        await tx(this.db, "models", "readwrite", (s) => s.delete("current"));
+      }
     }
     return this.model;
   }
