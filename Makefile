@@ -4,23 +4,33 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 # Reinstall only when the dependency list changes: `make install` is quick when nothing did.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# The page's browser runtime (onnxruntime-web), vendored from package-lock.json: rebuilt when the lock file changes.
+VENDOR := src/plantdx/serve/static/vendor
+WEB_STAMP := $(VENDOR)/.built-$(shell cat package-lock.json scripts/build_web.mjs | sha256sum | cut -c1-12)
 
 export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train smoke test lint format default-model bench bench-serve reliability
+.PHONY: help install web serve train smoke test lint format default-model bench bench-serve bench-edge reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install plantdx with the train, serve, monitor, pretrained and dev extras
+install: $(STAMP) $(WEB_STAMP) ## create .venv with the train, serve, monitor, pretrained, edge and dev extras; vendor the page's runtime
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,serve,monitor,pretrained,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,serve,monitor,pretrained,edge,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+web: $(WEB_STAMP) ## vendor onnxruntime-web into the page (npm ci from package-lock.json; never a CDN)
+
+$(WEB_STAMP): package.json package-lock.json scripts/build_web.mjs
+	npm ci --ignore-scripts --no-audit --no-fund --prefer-offline
+	node scripts/build_web.mjs
+	rm -f $(VENDOR)/.built-* && touch $@
 
 serve: install ## serve the bundled default model on http://127.0.0.1:8000 (page at /, API docs at /docs)
 	@# drift checks run beside the service, not in it: a background `plantdx monitor --watch`, stopped with it
@@ -42,6 +52,9 @@ bench: install ## latency/throughput of every runtime of the bundled model -> be
 
 bench-serve: install ## the service vs the raw pipeline vs the naive baseline, over HTTP (needs `wrk`)
 	$(BIN)/python benchmarks/serve.py
+
+bench-edge: install ## the offline page in Chromium: parity with the server, wire sizes, first load, latency (BUNDLE=...)
+	$(BIN)/python benchmarks/edge.py $(BUNDLE)
 
 reliability: install ## load, soak, overload, fault drills, hostile input, API fuzzing, security (~12 min) -> docs/reliability.md
 	$(BIN)/pytest tests/serve/test_faults.py tests/serve/test_server_process.py tests/serve/test_redis.py \

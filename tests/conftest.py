@@ -213,8 +213,10 @@ class Server:
     log: Path
 
 
-def start_server(bundle: Path, tmp_path: Path, *extra: str) -> Server:
-    port = free_port()
+def start_server(bundle: Path, tmp_path: Path, *extra: str, port: int | None = None) -> Server:
+    """A real ``plantdx serve`` process on ``port`` (a free one by default; the same one again to restart a server
+    a page has cached, since the page's origin includes the port)."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANTDX_")}
     env["PLANTDX_ADMIN_TOKEN"] = TOKEN
     log = tmp_path / "server.log"

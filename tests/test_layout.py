@@ -21,7 +21,14 @@ PACKAGE = Path(plantdx.__file__).parent
 STAGES = ("data", "model", "train", "evaluate", "registry", "export", "inference", "serve", "monitor")
 # Shared by every stage; they import nothing from a stage.
 FOUNDATION = {"config", "errors", "digest", "images", "scores", "tracking", "bundle", "profile", "ood", "__init__"}
-STAGE_OF = {"weights": "model", "checkpoints": "train", "bench": "inference", "corruptions": "inference"}
+STAGE_OF = {
+    "weights": "model",
+    "checkpoints": "train",
+    "bench": "inference",
+    "corruptions": "inference",
+    "edge": "export",  # the page's offline model, built beside the bundle's other graphs
+    "native": "export",  # the ExecuTorch program
+}
 TOP = {"cli", "retrain"}  # the shells around the stages: they may import any of them
 ALLOWED = {("export", "inference")}
 

@@ -17,7 +17,9 @@ from plantdx.digest import sha256_file
 from plantdx.errors import PlantdxError
 
 REQUIRED_FILES = ("model.onnx", "labels.json", "preprocess.json", "calibration.json", "reference.json", "card.json")
-OPTIONAL_FILES = ("model.int8.onnx", "model.ts")
+EDGE_FILE = "model.edge.onnx"  # the in-browser model, post-processing inside (plantdx.edge)
+NATIVE_FILE = "model.pte"  # the same network for ExecuTorch (XNNPACK), for a native app
+OPTIONAL_FILES = ("model.int8.onnx", "model.ts", EDGE_FILE, NATIVE_FILE)
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std", "layout", "input_name", "output_name")
 
 
@@ -64,6 +66,11 @@ class Bundle:
     @property
     def int8_path(self) -> Path | None:
         candidate = self.path / "model.int8.onnx"
+        return candidate if candidate.is_file() else None
+
+    @property
+    def edge_path(self) -> Path | None:
+        candidate = self.path / EDGE_FILE
         return candidate if candidate.is_file() else None
 
     @property

@@ -265,6 +265,11 @@ class ExportConfig(_Section):
     ood_quantile: float | None = Field(
         0.975, gt=0.5, lt=1, description="out-of-distribution threshold: this quantile of validation scores; none: off"
     )
+    edge: bool = Field(True, description="write model.edge.onnx, the page's offline model (plantdx.edge)")
+    edge_weights: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="auto: the most exact that fits edge_budget_bytes and agrees with the service on test"
+    )
+    edge_budget_bytes: int = Field(6_000_000, ge=1, description="what a phone may download (gzip, as served)")
 
 
 class GateConfig(_Section):

@@ -79,6 +79,7 @@ EXPORT_STEPS = (
     "drift reference and leaf detector",
     "latency and INT8",
     "TorchScript and card",
+    "edge model (and ExecuTorch) checked against the service",
 )
 
 
@@ -452,8 +453,12 @@ def export_bundle(
     run_id: str | None = None,
     extra_card: dict[str, Any] | None = None,
     on_step: Callable[[str], None] = _no_step,
+    native: bool = False,
 ) -> ExportResult:
     """Write a complete, verified bundle for ``module`` into ``out`` (replaced if it exists).
+
+    With ``export.edge`` the bundle gets ``model.edge.onnx`` (the page's offline model, plantdx.edge); ``native``
+    adds ``model.pte`` (ExecuTorch, XNNPACK: the ``edge`` extra), both checked on the test split.
 
     The bundle is written beside ``out`` and swapped in only once it verifies, so a failed or interrupted export
     leaves the previous bundle (the packaged default one, say) as it was. ``on_step`` hears each of
@@ -467,6 +472,9 @@ def export_bundle(
     staging.mkdir()
     try:
         card = _write_bundle(settings, module, manifest, staging, run_id, extra_card, on_step)
+        if settings.export.edge or native:
+            on_step(EXPORT_STEPS[5])
+            card = _write_edge(settings, module, manifest, staging, native)
         load_bundle(staging)  # what we wrote must pass the same check that serving applies
         previous = out.parent / f".{out.name}.previous-{os.getpid()}"
         shutil.rmtree(previous, ignore_errors=True)  # left by an earlier process of the same pid
@@ -482,6 +490,30 @@ def export_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(bundle=out, card=card)
+
+
+def _write_edge(
+    settings: Settings, module: PlantClassifier, manifest: Manifest, out: Path, native: bool
+) -> dict[str, Any]:
+    """``model.edge.onnx`` and, when asked, ``model.pte``, each checked against the written bundle on the test
+    photos; the card is rewritten with them."""
+    from plantdx.edge import split_crops, write_edge_model
+
+    cfg = settings.export
+    bundle = load_bundle(out)
+    crops, truth = split_crops(bundle, settings.dataset, manifest)
+    if cfg.edge:
+        write_edge_model(
+            out, weights=cfg.edge_weights, budget_bytes=cfg.edge_budget_bytes, test_crops=lambda _: (crops, truth)
+        )
+    if not native:
+        return load_bundle(out).card
+    from plantdx.native import write_native_model
+
+    inputs = np.stack([to_input(c, bundle.preprocess) for c in crops])
+    record = write_native_model(out, ExportGraph(module.model.eval().cpu()).eval(), inputs)
+    card = {k: v for k, v in load_bundle(out, verify=False).card.items() if k != "files"}
+    return write_card(out, {**card, "native": record})
 
 
 def _write_bundle(
@@ -780,8 +812,10 @@ def export(
     version: str | None = None,
     extra_card: dict[str, Any] | None = None,
     on_step: Callable[[str], None] = _no_step,
+    native: bool = False,
 ) -> ExportResult:
-    """Export the best checkpoint of a run (or a checkpoint file, or the run behind a registered version)."""
+    """Export the best checkpoint of a run (or a checkpoint file, or the run behind a registered version);
+    ``native`` adds the ExecuTorch program (``plantdx export --edge``)."""
     from plantdx.checkpoints import load_trained
 
     if version is not None:
@@ -801,5 +835,12 @@ def export(
     if trained.git_commit:  # the registry tags a version with the commit that trained it, not whatever is checked out
         extra_card = {"git_commit": trained.git_commit, **(extra_card or {})}
     return export_bundle(
-        as_trained, trained.module, trained.manifest, out, run_id=trained.run_id, extra_card=extra_card, on_step=on_step
+        as_trained,
+        trained.module,
+        trained.manifest,
+        out,
+        run_id=trained.run_id,
+        extra_card=extra_card,
+        on_step=on_step,
+        native=native,
     )

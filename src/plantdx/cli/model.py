@@ -102,13 +102,28 @@ def export_cmd(
     train_result: Annotated[
         Path | None, typer.Option(help="`plantdx train --result-json` output: its run, command and wall time.")
     ] = None,
+    edge: Annotated[
+        bool, typer.Option("--edge", help="Also write model.pte (ExecuTorch, XNNPACK) for native apps: the edge extra.")
+    ] = False,
+    edge_only: Annotated[
+        Path | None,
+        typer.Option(
+            "--edge-only",
+            help="Only (re)build model.edge.onnx, the page's offline model, in this existing bundle folder, checked "
+            "against the service on its test split (no torch needed).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Write a model bundle: ONNX, INT8 (when it earns its place), TorchScript, calibration, drift reference, card."""
+    """Write a model bundle: ONNX, INT8 (when it earns its place), TorchScript, calibration, drift reference, the
+    edge model for the offline page, card."""
+    settings = settings_from(config, set_)
+    if edge_only is not None:
+        _edge_only(settings, edge_only, command_line("export", config, set_))
+        return
     from plantdx.export import EXPORT_STEPS, export
 
-    settings = settings_from(config, set_)
     extra: dict[str, Any] = {"export_command": command_line("export", config, set_)}
     if train_result is not None:
         try:
@@ -128,12 +143,51 @@ def export_cmd(
             progress.update(task, description=name, completed=EXPORT_STEPS.index(name))
 
         result = export(
-            settings, output, run_id=run_id, checkpoint=checkpoint, version=version, extra_card=extra, on_step=on_step
+            settings,
+            output,
+            run_id=run_id,
+            checkpoint=checkpoint,
+            version=version,
+            extra_card=extra,
+            on_step=on_step,
+            native=edge,
         )
     _print_card(result.card)
     console.print(f"bundle written to {result.bundle}")
     if register:
         _register(settings, result.bundle, run_id)
+
+
+def _edge_only(settings: Settings, folder: Path, command: str) -> None:
+    """``model.edge.onnx`` into an existing bundle, its card rewritten (every other file is left as it is)."""
+    from plantdx.bundle import load_bundle
+    from plantdx.edge import dataset_of, split_crops, write_edge_model
+
+    cfg = settings.export
+    with console.status("building the edge model and checking it against the service on the test photos"):
+        result = write_edge_model(
+            folder,
+            weights=cfg.edge_weights,
+            budget_bytes=cfg.edge_budget_bytes,
+            test_crops=lambda bundle: split_crops(bundle, dataset_of(bundle, settings.dataset)),
+            extra={"made_by": f"{command} --edge-only {folder}"},
+        )
+    table = Table(title=f"edge model of {folder}")
+    for col in ("weights", "bytes", "gzip bytes", "fits budget", "top-1 agreement", "abstain agreement", "max |dp|"):
+        table.add_column(col, justify="right")
+    for tried in load_bundle(folder).card["edge"]["tried"]:
+        parity = tried["parity"] or {}
+        table.add_row(
+            tried["weights"],
+            f"{tried['bytes']:,}",
+            f"{tried['gzip_bytes']:,}",
+            "yes" if tried["fits_budget"] else "no",
+            f"{parity.get('top1_agreement', float('nan')):.4f}",
+            f"{parity.get('abstain_agreement', float('nan')):.4f}",
+            f"{parity.get('max_abs_dp', float('nan')):.2e}",
+        )
+    console.print(table)
+    console.print(f"kept {result.weights}: {result.path} ({result.gzip_bytes:,} bytes as served)")
 
 
 def _print_domains(split: str, reports: dict[str, Any]) -> None:

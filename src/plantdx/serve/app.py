@@ -8,6 +8,7 @@ exits.
 from __future__ import annotations
 
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,11 +16,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from slowapi.errors import RateLimitExceeded
 
 import plantdx
 from plantdx.config import Settings, load_settings
+from plantdx.serve.edge import create_edge_router
 from plantdx.serve.engine import Engine, ModelSource, load_model
 from plantdx.serve.errors import install_error_handlers
 from plantdx.serve.jobs import JobBackend, LocalJobs
@@ -31,9 +32,17 @@ from plantdx.serve.routes.health import create_health_router
 from plantdx.serve.routes.model import create_admin_router, create_model_router
 from plantdx.serve.routes.monitor import create_monitor_router
 from plantdx.serve.routes.predict import create_predict_router, diagnose
+from plantdx.serve.static_files import PageFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("plantdx.serve")
+# Module scripts and WASM are refused by browsers under another type; a slim image may lack /etc/mime.types.
+for _type, _ext in (
+    ("text/javascript", ".mjs"),
+    ("application/wasm", ".wasm"),
+    ("application/manifest+json", ".webmanifest"),
+):
+    mimetypes.add_type(_type, _ext)
 
 
 def create_app(settings: Settings | None = None, *, model: ModelSource | None = None) -> FastAPI:
@@ -116,12 +125,22 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
         app.include_router(create_admin_router())
     app.include_router(create_monitor_router())
     app.include_router(create_health_router())
+    app.include_router(create_edge_router())
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    @app.get("/sw.js", include_in_schema=False)
+    def service_worker() -> FileResponse:
+        # at the root, so it may control the page at /; never cached, so a new one is found on the next visit
+        return FileResponse(STATIC / "sw.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/manifest.webmanifest", include_in_schema=False)
+    def manifest() -> FileResponse:
+        return FileResponse(STATIC / "manifest.webmanifest", media_type="application/manifest+json")
+
+    app.mount("/static", PageFiles(directory=STATIC), name="static")
 
     if cfg.cors_origins:
         app.add_middleware(

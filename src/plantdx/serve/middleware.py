@@ -29,8 +29,9 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"permissions-policy", b"camera=(self), geolocation=(), microphone=()"),
 ]
+# 'wasm-unsafe-eval': compiling onnxruntime-web's WebAssembly (offline diagnosis); still no eval of JavaScript.
 PAGE_CSP = (
-    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 

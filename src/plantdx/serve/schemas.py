@@ -106,6 +106,15 @@ class JobStatus(BaseModel):
     error: ErrorDetail | None = None
 
 
+class EdgeInfo(BaseModel):
+    """Where the page gets the in-browser model (``model.edge.onnx``), and what its bytes must hash to."""
+
+    sha256: str = Field(description="sha256 of the file: the page refuses a download that does not match")
+    size: int = Field(description="bytes of the file (the service may send it gzip-compressed)")
+    url: str = Field(description="immutable: /edge/model-<sha256>.onnx")
+    weights: str | None = Field(None, description="how the weights are stored: fp32, fp16 or int8")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -123,6 +132,8 @@ class ModelInfo(BaseModel):
     abstain_threshold: float
     loaded_at: float
     degraded: str | None = None
+    reject_label: str | None = Field(None, description="the 'not a leaf' class: never an answer, a reason to abstain")
+    edge: EdgeInfo | None = Field(None, description="the in-browser model for offline diagnosis; none: not available")
 
 
 class ReloadResult(BaseModel):

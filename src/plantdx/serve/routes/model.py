@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException
 
 from plantdx.serve.deps import EngineDep, SettingsDep
+from plantdx.serve.edge import edge_model
 from plantdx.serve.schemas import ErrorBody, ModelInfo, ReloadResult
 
 ADVICE = Path(__file__).resolve().parents[1] / "advice.json"
@@ -34,6 +35,8 @@ def create_model_router() -> APIRouter:
         """Name, version, alias, architecture, classes, metrics and runtime of the model being served."""
         runtime = engine.current()
         model, described = runtime.model, runtime.predictor.describe()
+        edge = edge_model(runtime.predictor.bundle)
+        reject = runtime.predictor.bundle.calibration.get("reject_label")
         return ModelInfo(
             name=model.name,
             version=model.version,
@@ -49,6 +52,8 @@ def create_model_router() -> APIRouter:
             abstain_threshold=described["abstain_threshold"],
             loaded_at=runtime.loaded_at,
             degraded=model.degraded,
+            reject_label=reject if reject in described["classes"] else None,
+            edge=edge.info() if edge is not None else None,
         )
 
     @router.get("/advice")

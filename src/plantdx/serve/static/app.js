@@ -22,6 +22,13 @@
   var squashes = false;
 
   var el = {};
+  // Offline diagnosis (static/edge/engine.mjs): the engine, once loaded, and the queue of feedback to send.
+  var edge = { engine: null, outbox: null, error: null, updating: false, pending: 0 };
+  var SERVER_TIMEOUT_WITH_EDGE_MS = 10000; // with a model on the phone, a silent network is not waited for long
+  var FLUSH_EVERY_MS = 10000;
+  var CHECK_EVERY_MS = 30 * 60 * 1000; // a page left open still hears of a new champion
+  var lastResult = null; // {answer, file}
+  var knownClasses = [];
   var advice = null; // {classes: {...}} once loaded
   var adviceReady = null; // Promise
   var previewUrl = null;
@@ -132,6 +139,10 @@
     el.heatmapOverlay.removeAttribute("src");
     el.heatmapPhoto.removeAttribute("src");
     el.resultMeta.textContent = "";
+    show(el.feedbackForm, false);
+    el.feedbackStatus.textContent = "";
+    show(el.offline, false);
+    lastResult = null;
   }
 
   function onPhotoChange() {
@@ -177,6 +188,10 @@
     return "The photo could not be checked (error " + response.status + "). Please try another photo.";
   }
 
+  function edgeReady() {
+    return !!(edge.engine && edge.engine.ready);
+  }
+
   function diagnose(event) {
     if (event) event.preventDefault();
     var file = currentFile();
@@ -184,7 +199,38 @@
     clearError();
     resetResult();
     setBusy(true);
+    var done = function () {
+      setBusy(false);
+      if (!el.result.hidden) setStatus("Result ready.");
+    };
+    if (navigator.onLine === false && edgeReady()) {
+      diagnoseHere(file, "You are offline.").then(done);
+      return;
+    }
+    askServer(file).then(done);
+  }
 
+  // The phone's own model: the same answer the service gives (tests/serve/test_edge_browser.py), without the
+  // heat map; feedback on it is kept until it can be sent.
+  function diagnoseHere(file, why) {
+    return edge.engine
+      .diagnose(file)
+      .then(function (answer) {
+        return adviceReady.then(function () {
+          renderResult(answer, file);
+          el.offline.textContent =
+            why + " This leaf was checked on this phone (model " + versionLabel(answer.model_version) +
+            "). The heat map needs a connection; feedback is kept and sent when you are back online.";
+          show(el.offline, true);
+        });
+      })
+      .catch(function (err) {
+        showError(err && err.message ? err.message : "This photo could not be checked on this phone.");
+        setStatus("");
+      });
+  }
+
+  function askServer(file) {
     var form = new FormData();
     form.append("file", file, file.name || "leaf.jpg");
 
@@ -192,11 +238,11 @@
     var timer = controller
       ? setTimeout(function () {
           controller.abort();
-        }, REQUEST_TIMEOUT_MS)
+        }, edgeReady() ? SERVER_TIMEOUT_WITH_EDGE_MS : REQUEST_TIMEOUT_MS)
       : null;
 
     var responseRef = null;
-    fetch(PREDICT_URL, {
+    return fetch(PREDICT_URL, {
       method: "POST",
       body: form,
       headers: { Accept: "application/json" },
@@ -219,12 +265,16 @@
         if (!r.body || typeof r.body.prediction !== "string") {
           throw new Error("The server sent an answer this page could not read. Please try again.");
         }
+        flushOutbox(); // the server answers: whatever waits in the queue can go too
         // Make sure advice is loaded (or has failed) before rendering names.
         return adviceReady.then(function () {
-          renderResult(r.body);
+          renderResult(r.body, file);
         });
       })
       .catch(function (err) {
+        if (!responseRef && edgeReady()) {
+          return diagnoseHere(file, "The server cannot be reached.");
+        }
         if (err && err.name === "AbortError") {
           showError("Checking the photo took too long. Please check your connection and try again.");
         } else if (!responseRef) {
@@ -236,12 +286,11 @@
       })
       .then(function () {
         if (timer) clearTimeout(timer);
-        setBusy(false);
-        if (!el.result.hidden) setStatus("Result ready.");
       });
   }
 
-  function renderResult(p) {
+  function renderResult(p, file) {
+    lastResult = { answer: p, file: file };
     var abstained = !!p.abstained;
     var main = describe(p.prediction);
     var conf = Number(p.confidence);
@@ -270,8 +319,10 @@
     renderHeatmap(p.heatmap);
     renderAdvice(p.prediction, main, abstained);
 
+    renderFeedback(p);
     var meta = [];
-    if (isFinite(Number(p.inference_time_ms))) meta.push("Checked in " + Math.round(Number(p.inference_time_ms)) + " ms");
+    var where = p.local ? "Checked on this phone in " : "Checked in ";
+    if (isFinite(Number(p.inference_time_ms))) meta.push(where + Math.round(Number(p.inference_time_ms)) + " ms");
     if (p.model_version) meta.push("model " + versionLabel(p.model_version));
     if (p.request_id) meta.push("reference " + p.request_id);
     el.resultMeta.textContent = meta.join(" \u00b7 ");
@@ -420,6 +471,9 @@
     getJSON(MODEL_URL)
       .then(function (m) {
         var classes = Array.isArray(m && m.classes) ? m.classes : [];
+        knownClasses = classes.filter(function (c) {
+          return c !== (m && m.reject_label);
+        });
         var crops = [];
         classes.forEach(function (c) {
           var crop = splitLabel(c).crop.split(" ")[0].toLowerCase();
@@ -440,8 +494,205 @@
         el.modelInfo.textContent = line + ".";
       })
       .catch(function () {
-        el.modelInfo.textContent = "Model information is not available right now.";
+        el.modelInfo.textContent = "Model information is not available right now (offline?).";
       });
+  }
+
+  /* ---------- feedback (queued when it cannot be sent) ---------- */
+
+  function renderFeedback(p) {
+    var classes = knownClasses.length ? knownClasses : edge.engine && edge.engine.model ? edge.engine.model.classes : [];
+    clear(el.feedbackLabel);
+    classes.forEach(function (c) {
+      var option = make("option", describe(c).text);
+      option.value = c;
+      if (c === p.prediction) option.selected = true;
+      el.feedbackLabel.appendChild(option);
+    });
+    el.feedbackStatus.textContent = "";
+    show(el.feedbackForm, classes.length > 0);
+  }
+
+  function localId() {
+    if (window.crypto && typeof window.crypto.randomUUID === "function") return "local-" + window.crypto.randomUUID();
+    return "local-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  function queueFeedback(item, note) {
+    if (!edge.outbox) {
+      el.feedbackStatus.textContent = "It could not be sent, and this browser cannot keep it. Please try again later.";
+      return Promise.resolve();
+    }
+    return edge.outbox.add(item).then(function () {
+      return countPending().then(function (n) {
+        el.feedbackStatus.textContent =
+          note + " It is kept on this phone and will be sent when you are back online (" + n + " waiting).";
+      });
+    });
+  }
+
+  function sendFeedback(event) {
+    if (event) event.preventDefault();
+    if (!lastResult) return;
+    var label = el.feedbackLabel.value;
+    var answer = lastResult.answer;
+    if (!answer.request_id) {
+      // diagnosed on the phone: the photo goes with it, so the service can log it and learn from it
+      var file = lastResult.file;
+      queueFeedback(
+        { local_id: localId(), photo: file, photo_name: file && file.name, label: label, local_answer: answer.prediction },
+        "Thank you."
+      ).then(flushOutbox);
+      return;
+    }
+    fetch("/v1/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ request_id: answer.request_id, label: label }),
+    })
+      .then(function (r) {
+        if (r.ok) {
+          el.feedbackStatus.textContent = "Thank you: sent.";
+          return;
+        }
+        return r.json().then(
+          function (body) {
+            el.feedbackStatus.textContent = errorMessageFor(r, body);
+          },
+          function () {
+            el.feedbackStatus.textContent = errorMessageFor(r, null);
+          }
+        );
+      })
+      .catch(function () {
+        queueFeedback({ request_id: answer.request_id, label: label }, "Thank you.");
+      });
+  }
+
+  function countPending() {
+    return edge.outbox.count().then(function (n) {
+      edge.pending = n;
+      renderEdgeInfo();
+      return n;
+    });
+  }
+
+  function flushOutbox() {
+    if (!edge.outbox) return Promise.resolve();
+    return edge.outbox
+      .flush()
+      .then(function (sent) {
+        if (sent && !el.feedbackForm.hidden) {
+          el.feedbackStatus.textContent = "Feedback kept on this phone has been sent (" + sent + ").";
+        }
+      })
+      .catch(function () {
+        /* still offline: it stays queued */
+      })
+      .then(countPending);
+  }
+
+  /* ---------- offline diagnosis: the model on the phone ---------- */
+
+  function timeLabel(ms) {
+    if (!ms) return "never";
+    var d = new Date(ms);
+    return d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function renderEdgeInfo() {
+    var engine = edge.engine;
+    var text;
+    if (!window.isSecureContext || !("serviceWorker" in navigator)) {
+      text = "Offline diagnosis needs the page over HTTPS (or on this computer).";
+    } else if (engine && engine.model) {
+      text =
+        "Offline diagnosis ready: model " + versionLabel(engine.model.version) + " (" + engine.model.sha256.slice(0, 8) +
+        "), last checked for updates " + timeLabel(engine.checkedAt) + ".";
+    } else if (edge.error) {
+      text = "Offline diagnosis is not available: " + edge.error;
+    } else if (edge.updating) {
+      text = "Offline diagnosis: getting the model…";
+    } else {
+      text = "Offline diagnosis is not available for this model.";
+    }
+    if (edge.error && engine && engine.model) text += " Update refused: " + edge.error;
+    if (edge.pending) text += " " + edge.pending + " feedback waiting to be sent.";
+    el.edgeInfo.textContent = text;
+    el.edgeInfo.dataset.pending = String(edge.pending);
+    el.edgeInfo.dataset.sha256 = engine && engine.model ? engine.model.sha256 : "";
+    el.edgeInfo.dataset.version = engine && engine.model ? engine.model.version : "";
+  }
+
+  function updateModel() {
+    if (!edge.engine || edge.updating) return Promise.resolve();
+    edge.updating = true;
+    renderEdgeInfo();
+    return edge.engine
+      .update(getJSON)
+      .then(function (r) {
+        edge.error = null;
+        if (r.changed && navigator.storage && navigator.storage.persist) {
+          navigator.storage.persist().catch(function () {});
+        }
+      })
+      .catch(function (err) {
+        edge.error = err && err.message ? err.message : "the model could not be updated";
+      })
+      .then(function () {
+        edge.updating = false;
+        renderEdgeInfo();
+      });
+  }
+
+  function startEdge() {
+    if (!window.isSecureContext || !("serviceWorker" in navigator) || typeof indexedDB === "undefined") {
+      renderEdgeInfo();
+      return;
+    }
+    import("/static/edge/engine.mjs")
+      .then(function (mod) {
+        var engine = new mod.EdgeEngine();
+        return engine.start().then(function () {
+          edge.engine = engine;
+          edge.outbox = new mod.Outbox(engine.db);
+        });
+      })
+      .catch(function (err) {
+        edge.error = err && err.message ? err.message : "the model kept on this phone could not be opened";
+      })
+      .then(function () {
+        renderEdgeInfo();
+        // the worker keeps the page's files once the model is in: on the first visit they do not compete
+        var registerWorker = function () {
+          navigator.serviceWorker.register("/sw.js").catch(function () {});
+        };
+        (navigator.onLine !== false ? updateModel() : Promise.resolve()).then(registerWorker, registerWorker);
+        flushOutbox();
+        setInterval(flushOutbox, FLUSH_EVERY_MS);
+        setInterval(function () {
+          if (navigator.onLine !== false) updateModel();
+        }, CHECK_EVERY_MS);
+        showConnection();
+      });
+    window.addEventListener("online", function () {
+      showConnection();
+      updateModel();
+      flushOutbox();
+    });
+    window.addEventListener("offline", showConnection);
+  }
+
+  // Say so as soon as the phone knows it has no signal, not only after a diagnosis.
+  function showConnection() {
+    if (navigator.onLine === false) {
+      el.offline.textContent = edgeReady()
+        ? "You are offline: leaves are checked on this phone, and feedback is kept until you are back online."
+        : "You are offline, and this phone has no model yet: open the page once with a connection.";
+      show(el.offline, true);
+    } else if (lastResult === null || !lastResult.answer.local) {
+      show(el.offline, false);
+    }
   }
 
   /* ---------- wiring ---------- */
@@ -473,9 +724,15 @@
     el.resultMeta = $("result-meta");
     el.again = $("again");
     el.modelInfo = $("model-info");
+    el.edgeInfo = $("edge-info");
+    el.offline = $("offline");
+    el.feedbackForm = $("feedback-form");
+    el.feedbackLabel = $("feedback-label");
+    el.feedbackStatus = $("feedback-status");
 
     el.photo.addEventListener("change", onPhotoChange);
     el.form.addEventListener("submit", diagnose);
+    el.feedbackForm.addEventListener("submit", sendFeedback);
     el.heatmapToggle.addEventListener("change", function () {
       el.heatmapOverlay.hidden = !el.heatmapToggle.checked;
     });
@@ -489,6 +746,7 @@
 
     loadAdvice();
     loadModelInfo();
+    startEdge();
     // A file may already be selected (e.g. after a back navigation).
     if (currentFile()) onPhotoChange();
   }
