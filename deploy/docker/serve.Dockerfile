@@ -8,6 +8,19 @@
 # python:3.11.14-slim-bookworm, pinned by digest (the tag is rebuilt; the digest is not).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
+# The page's browser runtime (onnxruntime-web), vendored from package-lock.json as `make web` does on a checkout:
+# Debian's Node.js in the same pinned base, so no other image needs trusting.
+FROM ${PYTHON_IMAGE} AS web
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs=18.* npm=9.* \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /web
+COPY package.json package-lock.json ./
+COPY scripts/build_web.mjs ./scripts/
+RUN mkdir -p src/plantdx/serve/static \
+ && npm ci --ignore-scripts --no-audit --no-fund \
+ && node scripts/build_web.mjs
+
 FROM ${PYTHON_IMAGE} AS build
 ARG EXTRAS=serve
 ENV PIP_NO_CACHE_DIR=1 \
@@ -29,6 +42,7 @@ if not d.startswith('plantdx[')]))" > requirements.txt \
 # Source layer: build the wheel (what `python -m build --wheel` makes) and install it without touching the deps.
 COPY README.md ./
 COPY src ./src
+COPY --from=web /web/src/plantdx/serve/static/vendor ./src/plantdx/serve/static/vendor
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip install --no-deps /wheels/plantdx-*.whl \
  && python -c "import importlib.util as u, sys; sys.exit(bool(u.find_spec('torch')))"

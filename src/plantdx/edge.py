@@ -205,9 +205,18 @@ def build_edge_graph(bundle: Bundle, weights: str = "fp32") -> onnx.ModelProto:
         nodes.append(helper.make_node("Mul", ["confidence", "e_zero"], ["not_leaf"]))
     # the class-conditional Mahalanobis distance (plantdx.ood) through the Cholesky factor of the precision matrix:
     # d_k = |emb L - (mean + m_k) L|^2, no cancellation in fp32, and L is triangular (half zeros: gzip halves it)
+    # (with the detector's principal components P first, when it has them: z = (emb - mean) P^T, so the one matrix
+    # is P^T L and the centres (mean P^T + m_k) L)
     if ood is not None:
         factor = _whitening(np.asarray(ood["precision"], np.float64))
-        centres = (np.asarray(ood["mean"], np.float64) + np.asarray(ood["class_means"], np.float64)) @ factor
+        mean = np.asarray(ood["mean"], np.float64)
+        class_means = np.asarray(ood["class_means"], np.float64)
+        if ood.get("components") is not None:
+            components = np.asarray(ood["components"], np.float64)
+            centres = (mean @ components.T + class_means) @ factor
+            factor = components.T @ factor
+        else:
+            centres = (mean + class_means) @ factor
         tensors, extra = _stored("e_ood_factor", factor, "fp32" if weights == "fp32" else "fp16", None)
         inits += tensors
         nodes += extra
