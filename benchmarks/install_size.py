@@ -87,14 +87,20 @@ def make_venv(folder: Path, env: dict[str, str]) -> Path:
     return folder / "bin" / "python"
 
 
-def measure(wheel: Path, extras: str, tmp: Path, env: dict[str, str], empty: tuple[int, int]) -> dict[str, Any]:
+def distribution_sizes(python: Path, env: dict[str, str]) -> dict[str, int]:
+    return dict(json.loads(run([str(python), "-c", PROBE], env, 300)))
+
+
+def measure(
+    wheel: Path, extras: str, tmp: Path, env: dict[str, str], empty: tuple[int, int], baseline: set[str]
+) -> dict[str, Any]:
     venv = tmp / f"venv-{extras.replace(',', '-') or 'base'}"
     python = make_venv(venv, env)
     started = time.monotonic()
     run([str(python), "-m", "pip", "install", "-q", f"{wheel}[{extras}]" if extras else str(wheel)], env)
     took = time.monotonic() - started
     size, blocks = tree_size(venv)
-    sizes = json.loads(run([str(python), "-c", PROBE], env, 300))
+    sizes = {name: b for name, b in distribution_sizes(python, env).items() if name not in baseline}
     packages = {name: round(b / 1e6, 1) for name, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
     return {
         "extras": extras,
@@ -123,12 +129,13 @@ def main() -> None:
         print("building the wheel ..." if args.wheel is None else f"wheel {args.wheel}", flush=True)
         wheel = args.wheel.resolve() if args.wheel else build_wheel(tmp, env)
         wheel_info = {"name": wheel.name, "mb": round(wheel.stat().st_size / 1e6, 2)}
-        make_venv(tmp / "venv-empty", env)
+        empty_python = make_venv(tmp / "venv-empty", env)
         empty = tree_size(tmp / "venv-empty")
+        baseline = set(distribution_sizes(empty_python, env))  # pip (and setuptools): in every venv, not added
         results = []
         for extras in args.extras:
             print(f"pip install plantdx[{extras}] into a fresh venv ...", flush=True)
-            results.append(measure(wheel, extras, tmp, env, empty))
+            results.append(measure(wheel, extras, tmp, env, empty, baseline))
             shutil.rmtree(tmp / f"venv-{extras.replace(',', '-') or 'base'}", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,7 +145,8 @@ def main() -> None:
     for r in results:
         target = TARGET_MB.get(r["extras"])
         verdict = "" if target is None else f"<= {target:.0f} MB: {'met' if r['installed_mb'] <= target else 'MISSED'}"
-        print(f"{'plantdx[' + r['extras'] + ']':<28} {r['installed_mb']:>9.1f} {r['installed_du_mib']:>8.1f} "
+        label = f"plantdx[{r['extras']}]" if r["extras"] else "plantdx"
+        print(f"{label:<28} {r['installed_mb']:>9.1f} {r['installed_du_mib']:>8.1f} "
               f"{r['distributions']:>6}  {verdict}")  # fmt: skip
         top = list(r["packages_mb"].items())[: args.top]
         print("    largest: " + ", ".join(f"{name} {mb:g}" for name, mb in top))
@@ -150,6 +158,7 @@ def main() -> None:
         "platform": sys.platform,
         "wheel": wheel_info,
         "empty_venv_mb": round(empty[0] / 1e6, 1),
+        "empty_venv_distributions": sorted(baseline),
         "targets_mb": TARGET_MB,
         "installs": results,
     }

@@ -702,7 +702,7 @@ def print_report(
     width = max([40, *(len(res["name"]) for res in results)])
 
     def num(value: float | None, spec: str = ">8.2f") -> str:
-        return format(value, spec) if value is not None else format("-", spec[:2])
+        return format(value, spec) if value is not None else format("-", spec.split(".")[0])
 
     print()
     print(f"{'server':<{width}} {'body':<9} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
