@@ -12,7 +12,7 @@ export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install web serve train smoke test lint format default-model bench bench-serve bench-edge reliability
+.PHONY: help install web serve train smoke test lint format default-model bench bench-serve bench-soak install-size bench-edge reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,8 +50,15 @@ default-model: install ## retrain the bundled model from scratch (~80 min on 2 c
 bench: install ## latency/throughput of every runtime of the bundled model -> benchmarks/results/
 	$(BIN)/plantdx bench --threads 2
 
-bench-serve: install ## the service vs the raw pipeline vs the naive baseline, over HTTP (needs `wrk`)
-	$(BIN)/python benchmarks/serve.py
+bench-serve: install ## plantdx serve vs the in-process ceiling, plain FastAPI, LitServe, BentoML over HTTP (~11 min, `wrk`)
+	@# LitServe and BentoML run in venvs of their own, made on first use in .bench-venvs/; ARGS="--duration 2" etc.
+	PYTHONPATH=src $(BIN)/python benchmarks/serve.py $(ARGS)
+
+bench-soak: install ## 5 min of plantdx serve at 80 % of its bench-serve capacity, drift checks every minute beside it
+	PYTHONPATH=src $(BIN)/python benchmarks/serve.py --soak 300 $(ARGS)
+
+install-size: install ## MB that `pip install plantdx[serve]` (and [serve,monitor]) adds to a fresh venv
+	PYTHONPATH=src $(BIN)/python benchmarks/install_size.py $(ARGS)
 
 bench-edge: install ## the offline page in Chromium: parity with the server, wire sizes, first load, latency (BUNDLE=...)
 	$(BIN)/python benchmarks/edge.py $(BUNDLE)
