@@ -287,9 +287,12 @@ def test_an_interrupted_run_resumes_into_the_same_folder_and_mlflow_run(
         train(settings.model_copy(update={"train": settings.train.model_copy(update={"ema_decay": 0.9})}), run_dir)
 
     monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
-    moved = shutil.copytree(settings.dataset.root, tmp_path / "moved")  # same images elsewhere: same data hash
+    (root,) = settings.dataset.root
+    moved = shutil.copytree(root.path, tmp_path / "moved")  # same images elsewhere: same data hash
+    elsewhere = [root.model_copy(update={"path": moved})]
     result = train(
-        settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"root": moved})}), resume=run_dir
+        settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"root": elsewhere})}),
+        resume=run_dir,
     )
     assert result.run_dir == run_dir
     assert result.run_id == record["run_id"]

@@ -287,19 +287,22 @@ class BackboneFreeze(BaseFinetuning):
         self.freeze(backbone_modules(_inner(pl_module)), train_bn=True)
 
     def finetune_function(self, pl_module: L.LightningModule, current_epoch: int, optimizer: Optimizer) -> None:
-        if current_epoch != self.unfreeze_at_epoch:
-            return
-        self.unfreeze_and_add_param_group(
-            backbone_modules(_inner(pl_module)),
-            optimizer,
-            initial_denom_lr=self.initial_denom_lr,
-            train_bn=True,
-        )
-        # The LambdaLR schedule must drive the new group too.
+        if current_epoch == self.unfreeze_at_epoch:
+            self.unfreeze_and_add_param_group(
+                backbone_modules(_inner(pl_module)),
+                optimizer,
+                initial_denom_lr=self.initial_denom_lr,
+                train_bn=True,
+            )
+        # The LambdaLR schedule must drive the new group too, also after a resume: the checkpoint restores the
+        # group and the schedule's base LRs, but not its lambdas.
         for config in pl_module.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            if hasattr(scheduler, "lr_lambdas") and len(scheduler.lr_lambdas) < len(optimizer.param_groups):
+            if not hasattr(scheduler, "lr_lambdas"):
+                continue
+            while len(scheduler.lr_lambdas) < len(optimizer.param_groups):
                 scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            while len(scheduler.base_lrs) < len(optimizer.param_groups):
                 # The group's current lr is already scaled by the schedule; its base is the peak over the denominator.
                 scheduler.base_lrs.append(scheduler.base_lrs[0] / self.initial_denom_lr)
 

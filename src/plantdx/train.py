@@ -118,7 +118,11 @@ def resume_point(path: Path, settings: Settings) -> ResumePoint:
     info = json.loads(info_path.read_text())
     now = _learning_settings(settings)
     # A setting added to plantdx after the run started (train.ema_decay, ...) did what its default does now.
-    recorded = _learning_settings(Settings()) | info.get("settings", {})
+    saved: dict[str, str] = info.get("settings", {})
+    defaults = {
+        k: v for k, v in _learning_settings(Settings()).items() if not any(s.startswith(k + ".") for s in saved)
+    }
+    recorded = defaults | saved
     then = {k: v for k, v in recorded.items() if k not in _RESUME_FREE}
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     if changed:

@@ -49,7 +49,7 @@ CORRUPTIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 def scored(real_data: Any) -> dict[str, Any]:
     settings = load_settings(overrides=[f"dataset.root={real_data}"])
     rows = manifest_for(settings.dataset).split("test")
-    images = [Image.open(settings.dataset.root / r.path).convert("RGB") for r in rows]
+    images = [Image.open(settings.dataset.locate(r.root, r.path)).convert("RGB") for r in rows]
     predictor = Predictor(default_bundle_path())
     out = {"predictor": predictor, "clean": score_images(predictor, images)}
     subset = [images[i] for i in np.random.default_rng(0).choice(len(images), 400, replace=False)]

@@ -9,7 +9,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from slowapi import Limiter
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
@@ -101,12 +101,11 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         response: Response,
         engine: EngineDep,
         request_id: RequestIdDep,
-        file: Annotated[UploadFile | None, File(include_in_schema=False)] = None,
         top_k: TopKQuery = None,
         explain: ExplainQuery = False,
     ) -> Prediction:
         """Diagnose one leaf photo: a multipart ``file``, or the photo as the body (``Content-Type: image/jpeg``)."""
-        data, content_type = await read_photo(request, file, engine.limits)
+        data, content_type = await read_photo(request, engine.limits)
         result = await diagnose(engine, data, content_type, request_id, top_k=top_k, explain=explain)
         _remember(request, result)
         return result
@@ -165,12 +164,11 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
         response: Response,
         jobs: JobsDep,
         engine: EngineDep,
-        file: Annotated[UploadFile | None, File(include_in_schema=False)] = None,
         top_k: TopKQuery = None,
         explain: ExplainQuery = False,
     ) -> JobCreated:
         """Queue a diagnosis (the same photo as predict takes); poll ``GET /v1/jobs/{job_id}`` for the result."""
-        data, content_type = await read_photo(request, file, engine.limits)
+        data, content_type = await read_photo(request, engine.limits)
         # What predict would refuse without decoding, a job is refused now, not queued. A JPEG's decoded size
         # depends on the model's resize (its DCT scale): before a model is loaded, that one check is left to the
         # worker, which makes them all again.
@@ -198,19 +196,23 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
     return router
 
 
-async def read_photo(request: Request, file: UploadFile | None, limits: UploadLimits) -> tuple[bytes, str | None]:
+async def read_photo(request: Request, limits: UploadLimits) -> tuple[bytes, str | None]:
     """The photo's bytes and declared type: a multipart ``file`` part, or the whole body of an ``image/*`` (or
     ``application/octet-stream``) request. An oversized file is refused by its size before it is read into memory
-    (the middleware cuts a raw body off at the same bound)."""
+    (the middleware cuts a raw body off at the same bound). The form is parsed here, not by a FastAPI parameter:
+    the request body's schema is ``ONE_PHOTO`` alone."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        parts = (await request.form()).getlist("file")  # the form FastAPI already parsed (Starlette caches it)
-        if len(parts) > 1:  # FastAPI binds the last one: the others would be dropped without a word
+        parts = (await request.form()).getlist("file")
+        if len(parts) > 1:
             raise InvalidRequestError(
                 f"{len(parts)} 'file' parts; send one photo, or use /v1/predict/batch for several"
             )
-        if file is None:
+        if not parts:
             raise InvalidRequestError("no 'file' part in the multipart body")
+        file = parts[0]
+        if not isinstance(file, StarletteUpload):
+            raise InvalidRequestError("the 'file' part is a text field; send the photo as a file (with a filename)")
         if file.size is not None and file.size > limits.max_bytes:
             raise TooLargeError(f"the file is {file.size} bytes; the limit is {limits.max_bytes}")
         return await file.read(), file.content_type
