@@ -4,23 +4,43 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 # Reinstall only when the dependency list changes: `make install` is quick when nothing did.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Flower (plantdx federate) in an environment of its own: flwr 1.42 pins typer<0.21, rich<15, fastapi<0.139 and
+# uvicorn<0.50, older than the service's. A .pth file lets it see .venv's packages (torch, Lightning, plantdx) after
+# its own, so neither environment's pins bend and torch is installed once.
+FLWR_VENV ?= .venv-flwr
+FLWR_STAMP := $(FLWR_VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve train smoke test lint format default-model bench bench-serve reliability
+.PHONY: help install flower-env federate serve train smoke test lint format default-model bench bench-serve reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install plantdx with the train, serve and dev extras
+install: $(STAMP) $(FLWR_STAMP) ## create .venv (plantdx with the train, serve and dev extras) and .venv-flwr (Flower)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+flower-env: $(FLWR_STAMP) ## create .venv-flwr: flwr and its own pins, seeing .venv's torch and plantdx after them
+
+$(FLWR_STAMP): pyproject.toml $(STAMP)
+	test -x $(FLWR_VENV)/bin/python || $(BIN)/python -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLWR_VENV)/bin/python -m pip install -q --group federated
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(PURELIB)')')" \
+		> "$$($(FLWR_VENV)/bin/python -c '$(PURELIB)')/zz-plantdx-main-venv.pth"
+	$(FLWR_VENV)/bin/flower-superlink --version
+	rm -f $(FLWR_VENV)/.installed-* && touch $@
+
+federate: install ## three farms (one per crop) train plant_cnn together for 3 rounds on Flower (configs/federated.yaml)
+	$(BIN)/plantdx federate -c configs/federated.yaml --clients 3 --partition crop --rounds 3
 
 serve: install ## serve the bundled default model on http://127.0.0.1:8000 (page at /, API docs at /docs)
 	$(BIN)/plantdx serve
