@@ -124,15 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         "federate.register_model=false",
         "federate.deadline_s=3600",
     ]
-    data = {"lab": [f"dataset.root={LAB}"], "lab+field": [f"dataset.root={LAB}:{FIELD}"]}
+    data = {  # each split once (its manifest file), shared by the central, federated and solo runs on it
+        "lab": [f"dataset.root={LAB}", f"dataset.manifest={work / 'manifest-lab.csv'}"],
+        "lab+field": [f"dataset.root={LAB}:{FIELD}", f"dataset.manifest={work / 'manifest-lab-field.csv'}"],
+    }
     plans: list[tuple[str, str, list[str]]] = []  # name, data, overrides
     for partition in ("iid", "crop", "series", "source"):
         kind = "lab+field" if partition == "source" else "lab"
         for strategy in ("fedavg", "fedprox"):
-            plans.append((f"{strategy}/{partition}", kind, [f"federate.partition={partition}", f"federate.strategy={strategy}"]))
+            plans.append(
+                (f"{strategy}/{partition}", kind, [f"federate.partition={partition}", f"federate.strategy={strategy}"])
+            )
     plans.append(("fedavg/source/fedbn", "lab+field", ["federate.partition=source", "federate.batchnorm=local"]))
     plans.append(
-        ("fedavg/iid/dp", "lab", ["federate.partition=iid", "federate.dp_noise_multiplier=0.01", "federate.dp_clipping_norm=1.0"])
+        (
+            "fedavg/iid/dp",
+            "lab",
+            ["federate.partition=iid", "federate.dp_noise_multiplier=0.01", "federate.dp_clipping_norm=1.0"],
+        )
     )
     results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {}
     runs = results.setdefault("runs", {})
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             solos = []
             for farm in runs[name]["farms"]:
                 manifest = solo_manifest(run_dir, farm["name"], work / f"{name.replace('/', '-')}-{farm['name']}.csv")
-                solo = run_central(load_settings(CONFIG, [*base, *data[kind], f"dataset.manifest={manifest}"]))
+                solo = run_central(load_settings(CONFIG, [*base, data[kind][0], f"dataset.manifest={manifest}"]))
                 solos.append({**farm, **solo})
             runs[name]["solo"] = solos
         save()
@@ -177,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(results: dict[str, Any]) -> None:
     runs = results["runs"]
-    print(f"{'run':24} {'test acc':>9} {'macro-F1':>9} {'95% val at':>11} {'MB/round':>9} {'start-up s':>10} {'wall s':>7}")
+    heads = ("test acc", "macro-F1", "95% val at", "MB/round", "start-up s", "wall s")
+    print(f"{'run':24} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, (9, 9, 11, 9, 10, 7), strict=True)))
     for name, r in runs.items():
         reached = r.get("rounds_to_95_val")
         mb = r.get("bytes_per_round")
