@@ -11,6 +11,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# What a farm's reply reports beside its weights: Flower's FedAvg refuses to aggregate replies whose metric names
+# differ, so a reply with other names is rejected here rather than stopping the round.
+REPLY_METRICS = frozenset({"num-examples", "train-loss", "startup-s", "import-s", "load-s", "fit-s"})
 VARIANCE_FLOOR = 1e-5  # BatchNorm's own eps: a running variance below it would only be noise (DP) or damage
 
 

@@ -27,6 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 
+from plantdx.federate.checks import REPLY_METRICS  # noqa: E402
 from plantdx.federate.training import FarmConfig, process_age_s, train_locally  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _IMPORTS_STARTED
@@ -100,6 +101,7 @@ def train(msg: Message, context: Context) -> Message:
             "fit-s": result.fit_s,
         }
     )
+    assert set(metrics) == REPLY_METRICS  # what the server's guard accepts
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),

@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -218,6 +219,24 @@ def processes(log_dir: Path, env: Mapping[str, str]) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop()
+
+
+@contextmanager
+def sigterm_as_error() -> Iterator[None]:
+    """SIGTERM (a CI timeout, ``kubectl delete``, ``kill``) becomes an exception while the federation runs, so the
+    processes it started are still stopped on the way out; outside the main thread signals cannot be caught."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:  # noqa: ARG001 (the signal handler's signature)
+        raise FederateError("stopped by SIGTERM; the processes the run started were stopped too")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_for_port(port: int, procs: Processes, name: str, deadline: float) -> None:
@@ -480,7 +499,7 @@ def federate(settings: Settings, *, on_round: Callable[[Mapping[str, Any]], None
     pids: dict[str, int] = {}
     status = "FAILED"
     try:
-        with processes(run_dir / "logs", flower_environment(env_dir, flwr_home)) as procs:
+        with sigterm_as_error(), processes(run_dir / "logs", flower_environment(env_dir, flwr_home)) as procs:
             if partition is not None:
                 address = _start_local_federation(procs, env_dir, settings, partition, run_dir, deadline)
             else:

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from plantdx.config import DatasetConfig, FederateConfig, TrainConfig
 from plantdx.data.split import read_manifest
-from plantdx.federate.checks import reply_problem, restore
+from plantdx.federate.checks import REPLY_METRICS, reply_problem, restore
 from plantdx.federate.training import CentralScorer, create_module, state_arrays
 
 log = logging.getLogger("plantdx.federate")
@@ -134,6 +134,8 @@ class Guard(FlowerStrategy):  # type: ignore[misc]  # (flwr is not in the enviro
             return name, "it does not hold exactly one set of arrays and one of metrics", {}
         arrays = next(iter(content.array_records.values()))
         metrics = next(iter(content.metric_records.values()))
+        if set(metrics) != REPLY_METRICS:
+            return name, f"its metrics are {sorted(metrics)}, not {sorted(REPLY_METRICS)}", {}
         try:
             got = {k: v.numpy() for k, v in arrays.items()}
         except Exception as exc:  # an array that does not deserialise is a bad reply, not a server crash
