@@ -230,6 +230,7 @@ def sigterm_as_error() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:  # noqa: ARG001 (the signal handler's signature)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
         raise FederateError("stopped by SIGTERM; the processes the run started were stopped too")
 
     previous = signal.signal(signal.SIGTERM, stop)
