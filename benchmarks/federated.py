@@ -3,13 +3,13 @@
     python benchmarks/federated.py [--rounds 5] [--local-epochs 2] [--per-class 100] [--only fedavg/crop,...]
 
 For each partition (IID, by crop, by photo series, by source) FedAvg and FedProx train ``plant_cnn`` on three farms
-for ``--rounds`` rounds of ``--local-epochs`` local epochs, with real SuperLink and SuperNode processes (``plantdx federate``); central
-training on the same images runs as many epochs (``plantdx train``), and so does each farm alone on its own
-partition. Every model is scored on the same central test split. The source partition (lab farms and a farm of field
-photos) also runs with BatchNorm kept local (FedBN), and IID once with client-side differential privacy. Reported:
-test accuracy and macro-F1, the round at which validation accuracy first reached 95 %, payload bytes per round,
-the ClientApp start-up paid every round, and wall time. Writes ``benchmarks/results/federated.json`` after every run,
-so an interrupted benchmark keeps what it measured.
+for ``--rounds`` rounds of ``--local-epochs`` local epochs, with real SuperLink and SuperNode processes (``plantdx
+federate``); central training on the same images runs as many epochs in all (``plantdx train``), and so does each farm
+alone on its own partition. Every model is scored on the same central test split. The source partition (lab farms
+and a farm of field photos) also runs with BatchNorm kept local (FedBN), and IID once with client-side differential
+privacy. Reported: test accuracy and macro-F1, the round at which validation accuracy first reached 95 %, payload
+bytes per round, the ClientApp start-up paid every round, and wall time. Writes ``benchmarks/results/federated.json``
+after every run, so an interrupted benchmark keeps what it measured.
 """
 
 from __future__ import annotations
