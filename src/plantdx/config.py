@@ -418,7 +418,9 @@ class FederateConfig(_Section):
         None, ge=1, description="a run with fewer valid rounds is not registered; none: every round must be valid"
     )
     round_timeout_s: float = Field(300, gt=0, description="a farm that has not replied by then is left out")
-    deadline_s: float = Field(3600, gt=0, description="the whole run, start-up included; then everything is stopped")
+    deadline_s: float = Field(
+        3600, gt=0, description="start-up and every round (not the export after them); then everything is stopped"
+    )
     max_weight_ratio: float = Field(
         10.0, gt=1, description="a reply whose weights' norm is this many times above or below the global one's"
     )
