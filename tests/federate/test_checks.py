@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from plantdx.federate.checks import VARIANCE_FLOOR, reply_problem, restore
+from plantdx.federate.checks import VARIANCE_FLOOR, reply_problem, restore, update_norm
 
 
 def model() -> dict[str, np.ndarray]:
@@ -88,3 +88,10 @@ def test_the_aggregate_gets_integer_counters_and_a_non_negative_variance_back() 
     assert fixed["bn.num_batches_tracked"].dtype == np.int64 and int(fixed["bn.num_batches_tracked"]) == 10
     assert fixed["conv.weight"].dtype == np.float32
     assert fixed["bn.running_var"].min() == pytest.approx(VARIANCE_FLOOR)
+
+
+def test_the_update_norm_counts_weights_not_counters() -> None:
+    sent = model()
+    got = {k: v + 1 if v.dtype.kind == "f" else v + 100 for k, v in sent.items()}
+    floats = sum(v.size for v in sent.values() if v.dtype.kind == "f")
+    assert update_norm(sent, got) == pytest.approx(floats**0.5)

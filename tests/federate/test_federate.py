@@ -162,7 +162,7 @@ def test_federate_cli_runs_crop_farms_and_registers_through_the_gate(
         assert {a["farm"] for a in rounds[1]["accepted"]} == {"farm-1", "farm-2", "farm-3"}
         assert all(0 <= r["val_acc"] <= 1 and 0 <= r["val_f1_macro"] <= 1 for r in rounds)
         assert rounds[1]["bytes_sent"] == rounds[1]["bytes_received"] > 0
-        assert all(a["startup-s"] > 0 and a["import-s"] > 0 for a in rounds[1]["accepted"])
+        assert all(a["startup-s"] > 0 and a["import-s"] > 0 and a["update-norm"] > 0 for a in rounds[1]["accepted"])
         partition = json.loads((run_dir / "partition" / "partition.json").read_text())
         assert sorted(f["description"] for f in partition["farms"]) == ["Pepper", "Potato", "Tomato"]
         state = torch.load(run_dir / "global.pt", weights_only=True)

@@ -26,6 +26,12 @@ def weight_norm(arrays: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
+def update_norm(sent: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of a farm's update (what it sent back minus what it was sent), over the floating-point entries: what
+    client-side DP clips, so ``federate.dp_clipping_norm`` can be chosen near the norms a run logs."""
+    return weight_norm({k: got[k] - sent[k] for k in got if k in sent and np.issubdtype(got[k].dtype, np.floating)})
+
+
 def reply_problem(
     sent: Mapping[str, np.ndarray],
     got: Mapping[str, np.ndarray],

@@ -365,6 +365,9 @@ class Tracker:
             startup = [a["startup-s"] for a in accepted if a.get("startup-s", -1) >= 0]
             if startup:
                 metrics["federate/clientapp_startup_s"] = sum(startup) / len(startup)
+            norms = [a["update-norm"] for a in accepted if "update-norm" in a]
+            if norms:  # what client-side DP would clip: choose federate.dp_clipping_norm near these
+                metrics["federate/update_norm"] = sorted(norms)[len(norms) // 2]
         for name, value in metrics.items():
             self.client.log_metric(self.run_id, name, float(value), step=step)
 

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from plantdx.config import DatasetConfig, FederateConfig, TrainConfig
 from plantdx.data.split import read_manifest
-from plantdx.federate.checks import REPLY_METRICS, reply_problem, restore
+from plantdx.federate.checks import REPLY_METRICS, reply_problem, restore, update_norm
 from plantdx.federate.training import CentralScorer, create_module, state_arrays
 
 log = logging.getLogger("plantdx.federate")
@@ -148,6 +148,8 @@ class Guard(FlowerStrategy):  # type: ignore[misc]  # (flwr is not in the enviro
             max_weight_ratio=self.cfg.max_weight_ratio,
         )
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        if problem is None:
+            numbers["update-norm"] = update_norm(self.sent, got)
         return name, problem, numbers
 
     def aggregate_train(
