@@ -7,17 +7,23 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # The page's browser runtime (onnxruntime-web), vendored from package-lock.json: rebuilt when the lock file changes.
 VENDOR := src/plantdx/serve/static/vendor
 WEB_STAMP := $(VENDOR)/.built-$(shell cat package-lock.json scripts/build_web.mjs | sha256sum | cut -c1-12)
+# Flower (plantdx federate) in an environment of its own: flwr 1.42 pins typer<0.21, rich<15, fastapi<0.139 and
+# uvicorn<0.50, older than the service's. A .pth file lets it see .venv's packages (torch, Lightning, plantdx) after
+# its own, so neither environment's pins bend and torch is installed once.
+FLWR_VENV ?= .venv-flwr
+FLWR_STAMP := $(FLWR_VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 export DO_NOT_TRACK = 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 
 .DEFAULT_GOAL := help
-.PHONY: help install web serve train smoke test lint format default-model bench bench-serve bench-soak install-size bench-edge reliability
+.PHONY: help install web flower-env federate serve train smoke test lint format default-model bench bench-serve bench-soak install-size bench-edge reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(WEB_STAMP) ## create .venv with the train, serve, monitor, pretrained, edge and dev extras; vendor the page's runtime
+install: $(STAMP) $(WEB_STAMP) $(FLWR_STAMP) ## create .venv (train, serve, monitor, pretrained, edge, dev extras) and .venv-flwr (Flower); vendor the page's runtime
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +37,20 @@ $(WEB_STAMP): package.json package-lock.json scripts/build_web.mjs
 	npm ci --ignore-scripts --no-audit --no-fund --prefer-offline
 	node scripts/build_web.mjs
 	rm -f $(VENDOR)/.built-* && touch $@
+
+flower-env: $(FLWR_STAMP) ## create .venv-flwr: flwr and its own pins, seeing .venv's torch and plantdx after them
+
+$(FLWR_STAMP): pyproject.toml $(STAMP)
+	test -x $(FLWR_VENV)/bin/python || $(BIN)/python -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLWR_VENV)/bin/python -m pip install -q --group federated
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(PURELIB)')')" \
+		> "$$($(FLWR_VENV)/bin/python -c '$(PURELIB)')/zz-plantdx-main-venv.pth"
+	$(FLWR_VENV)/bin/flower-superlink --version
+	rm -f $(FLWR_VENV)/.installed-* && touch $@
+
+federate: install ## three farms (one per crop) train plant_cnn together for 3 rounds on Flower (configs/federated.yaml)
+	$(BIN)/plantdx federate -c configs/federated.yaml --clients 3 --partition crop --rounds 3
 
 serve: install ## serve the bundled default model on http://127.0.0.1:8000 (page at /, API docs at /docs)
 	@# drift checks run beside the service, not in it: a background `plantdx monitor --watch`, stopped with it

@@ -29,7 +29,7 @@ STAGE_OF = {
     "edge": "export",  # the page's offline model, built beside the bundle's other graphs
     "native": "export",  # the ExecuTorch program
 }
-TOP = {"cli", "retrain"}  # the shells around the stages: they may import any of them
+TOP = {"cli", "retrain", "federate"}  # the shells around the stages: they may import any of them
 ALLOWED = {("export", "inference")}
 
 

@@ -387,6 +387,68 @@ class MonitorConfig(_Section):
     feedback_window: int = Field(500, ge=1, description="live accuracy over the last N labelled predictions")
 
 
+FLOWER_ENV = Path(".venv-flwr")  # where `make install` puts Flower and its older typer/rich/fastapi pins
+
+
+class FederateConfig(_Section):
+    """Federated training on Flower: farms train one model together without pooling their photos.
+
+    ``plantdx federate`` starts a SuperLink and one SuperNode per farm as local processes (or joins a running
+    SuperLink), partitions the training split into the farms' photos, and sends the final global model through the
+    same export, registry and gate as central training. Validation and test stay central.
+    """
+
+    clients: int = Field(3, ge=1, description="farms: SuperNodes started locally, one per partition")
+    superlink: str | None = Field(
+        None, description="host:port of a running SuperLink to join (its farms run their own SuperNodes); none: local"
+    )
+    port: int | None = Field(
+        None, ge=1024, le=65535, description="the local SuperLink's port; none: a free one (never serve's 8000)"
+    )
+    rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1, description="epochs each farm trains per round")
+    partition: Literal["iid", "crop", "series", "source", "dirichlet"] = Field(
+        "iid",
+        description="how the training split becomes farms (leaf groups kept whole): iid; crop (a farm per crop); "
+        "series (whole photo series); source (the field photos one farm, lab photos the others); dirichlet "
+        "(label skew, dirichlet_alpha)",
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0, description="smaller: each farm sees fewer classes")
+    strategy: Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of the pull towards the global model")
+    trim_beta: float = Field(0.2, gt=0, lt=0.5, description="FedTrimmedAvg: share cut from each end")
+    batchnorm: Literal["averaged", "local"] = Field(
+        "averaged",
+        description="averaged: BatchNorm weights and statistics are averaged like any weight; local (FedBN): each "
+        "farm keeps its own between rounds (the global model then carries their average)",
+    )
+    min_replies: int = Field(2, ge=1, description="valid replies a round needs to change the global model")
+    min_valid_rounds: int | None = Field(
+        None, ge=1, description="a run with fewer valid rounds is not registered; none: every round must be valid"
+    )
+    round_timeout_s: float = Field(300, gt=0, description="a farm that has not replied by then is left out")
+    deadline_s: float = Field(
+        3600, gt=0, description="start-up and every round (not the export after them); then everything is stopped"
+    )
+    max_weight_ratio: float = Field(
+        10.0, gt=1, description="a reply whose weights' norm is this many times above or below the global one's"
+    )
+    dp_noise_multiplier: float | None = Field(
+        None,
+        ge=0,
+        description="Flower's client-side differential privacy: farms clip their update to dp_clipping_norm, the "
+        "server adds Gaussian noise of this many clipping norms (over the farms); none: off",
+    )
+    dp_clipping_norm: float = Field(1.0, gt=0)
+    flower_env: Path = Field(FLOWER_ENV, description="the virtual environment with flwr (make install makes it)")
+    register_model: bool = Field(True, description="export, register as challenger and offer it to the gate")
+    drills: dict[str, str] = Field(
+        default_factory=dict,
+        description="fault drills: farm -> crash@ROUND, hang@ROUND, nan, inf, scale, shape or count (what its "
+        "node does wrong)",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Dumped into every MLflow run."""
 
@@ -406,6 +468,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     admin_token: SecretStr | None = Field(None, description="PLANTDX_ADMIN_TOKEN; the admin routes exist only with it")
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig())
+    federate: FederateConfig = Field(default_factory=lambda: FederateConfig())
 
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.003, ...}``: the form MLflow params take."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from plantdx.cli import data, model, monitor, serve  # noqa: F401  (each registers its commands on ``app``)
+from plantdx.cli import data, federate, model, monitor, serve  # noqa: F401  (each registers its commands on ``app``)
 from plantdx.cli.app import app, err_console
 from plantdx.errors import PlantdxError
 

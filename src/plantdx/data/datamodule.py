@@ -54,6 +54,10 @@ class ImageCache:
         photo = load_rgb(self.cfg.locate(row.root, row.path), self.size)
         return resize_for_model(photo, self.size, self.crop, self.interpolation)
 
+    def put(self, row: ManifestRow, image: np.ndarray) -> None:
+        """Keep an image decoded elsewhere (a federated farm's per-run cache file)."""
+        self._images[(row.root, row.path)] = image
+
     def fill(self, rows: Sequence[ManifestRow]) -> None:
         for row in rows:
             self.get(row)
