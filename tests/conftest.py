@@ -23,7 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from plantdx.config import Settings, default_data_root, load_settings
+from plantdx.config import DatasetConfig, Settings, default_data_root, load_settings
+from plantdx.data.split import Manifest, manifest_for
 
 if TYPE_CHECKING:
     from plantdx.export import ExportResult
@@ -70,6 +71,20 @@ def real_data() -> Path:
             f"real images not found at {root}: set PLANTDX_DATA, or leave these tests out with -m 'not realdata'"
         )
     return root
+
+
+BUNDLED_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "default_model_refit.yaml"
+
+
+@pytest.fixture(scope="session")
+def bundled_split() -> tuple[DatasetConfig, Manifest]:
+    """The dataset and manifest the bundled model was trained and scored on: its recipe's split of every shared
+    data root (lab, field, not-a-leaf). A missing root fails, never skips, like ``real_data``."""
+    dataset = load_settings(BUNDLED_RECIPE).dataset
+    domains = {r.domain for r in dataset.root if r.path.is_dir()}
+    if domains != {"lab", "field", "nonleaf"}:
+        pytest.fail(f"the bundled model's data roots are not all here ({dataset.root_keys}): set PLANTDX_DATA")
+    return dataset, manifest_for(dataset)
 
 
 def installed(program: str, install: str) -> str:

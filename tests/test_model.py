@@ -256,3 +256,14 @@ def test_a_body_of_another_shape_is_refused_not_silently_reinitialised(tmp_path:
     torch.save(create_model("plant_cnn", 3, width=0.5).state_dict(), path)
     with pytest.raises(ModelError, match="tensors of another shape"):
         create_model("plant_cnn", 3, width=0.25, pretrained=True, pretrained_path=path)
+
+
+def test_a_timm_plantdx_checkpoint_warm_starts_its_own_architecture(tmp_path: Path) -> None:
+    """The bundled model's second stage starts from the first stage's checkpoint: every tensor, head included,
+    must arrive (timm's own file loader took the "model."-prefixed keys for none and trained from random)."""
+    source = create_model("efficientnet_lite0", 4, dropout=0.2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "lite.ckpt")
+    model = create_model("efficientnet_lite0", 4, dropout=0.2, pretrained=True, pretrained_path=tmp_path / "lite.ckpt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(ModelError, match="does not fit"):
+        create_model("efficientnet_lite0", 4, pretrained=True, pretrained_path=_plant_cnn_file(tmp_path))

@@ -288,7 +288,7 @@ def test_an_interrupted_run_resumes_into_the_same_folder_and_mlflow_run(
 
     monkeypatch.delenv("PLANTDX_RUN_STAMP", raising=False)
     (root,) = settings.dataset.root
-    moved = shutil.copytree(root.path, tmp_path / "moved")  # same images elsewhere: same data hash
+    moved = shutil.copytree(root.path, tmp_path / "moved" / root.path.name)  # same root elsewhere: same data hash
     elsewhere = [root.model_copy(update={"path": moved})]
     result = train(
         settings.model_copy(update={"dataset": settings.dataset.model_copy(update={"root": elsewhere})}),

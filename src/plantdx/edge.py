@@ -462,7 +462,8 @@ def write_edge_model(
 
     ``auto`` takes the most exact weights (fp32, then fp16, then int8) whose gzip size fits ``budget_bytes`` and
     whose answers agree with the service on the test crops (``test_crops``); with no crops, the most exact that
-    fits. When none both fits and agrees, the most exact that agrees is kept and the card says it is over budget.
+    fits. When none both fits and agrees, the smallest that agrees is kept (a phone pays for every byte) and the
+    card says it is over budget.
     """
     bundle = load_bundle(bundle_path)
     out = bundle_path / EDGE_FILE
@@ -488,10 +489,11 @@ def write_edge_model(
             tried.append(record)
             if (record["fits_budget"] or len(candidates) == 1) and check(record) is not False:
                 break
-        # the first that fits and agrees; else (over budget, the card says so) the most exact that agrees
+        # the first that fits and agrees; else (over budget, the card says so) the smallest that agrees
         chosen = next((r for r in tried if r["fits_budget"] and r["agrees"] is not False), None)
         if chosen is None:
-            chosen = next((r for r in tried if check(r) is not False), None)
+            by_size = sorted(tried, key=lambda r: r["gzip_bytes"])
+            chosen = next((r for r in by_size if not r["fits_budget"] and check(r) is not False), None)
         if chosen is None:
             raise EdgeError(f"no edge model agrees with the service on the test photos: {tried}")
         files[chosen["weights"]].replace(out)

@@ -39,7 +39,7 @@ from plantdx.inference import Diagnosis, Predictor, create_session, input_contra
 from plantdx.model import PlantClassifier, PlantCNN
 from plantdx.ood import fit_detector, ood_scores
 from plantdx.profile import features_from_input, reference_profile
-from plantdx.scores import EvalReport, compute_report, expected_calibration_error, softmax
+from plantdx.scores import EvalReport, compute_report, domain_order, expected_calibration_error, softmax
 from plantdx.weights import PACKAGED
 
 OPSET = 18
@@ -340,18 +340,21 @@ def abstain_threshold(
     *,
     reject: int | None = None,
     reject_threshold: float = 0.5,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, bool]:
     """Lowest confidence above which validation accuracy reaches ``target_accuracy`` (never below ``floor``).
 
     The answers are the disease classes; a photo the "not a leaf" output (``reject``) turns away is not answered
-    whatever the threshold. Returns the threshold and whether the target was reached; when it is not, 0.99 is used
-    and the bundle's calibration.json says so (nearly every answer will then be an abstention).
+    whatever the threshold. ``weights`` weigh the photos (e.g. each domain the same). Returns the threshold and
+    whether the target was reached; when it is not, 0.99 is used and the bundle's calibration.json says so (nearly
+    every answer will then be an abstention).
     """
     predicted, confidence, not_leaf = answers_of(probs, reject)
-    correct = predicted == labels
+    correct = (predicted == labels).astype(np.float64)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
     for t in np.linspace(floor, 0.99, 99):
         kept = (confidence >= t) & (not_leaf < reject_threshold)
-        if kept.any() and correct[kept].mean() >= target_accuracy:
+        if kept.any() and np.average(correct[kept], weights=w[kept]) >= target_accuracy:
             return float(t), True
     return 0.99, False
 
@@ -558,18 +561,20 @@ def _write_bundle(
     # One temperature for every domain, fitted with each domain weighing the same: the few field photos count as
     # much as the many lab ones.
     temperature, temperature_note = calibration_temperature(val_logits, val_y, domain_balance(val_domains))
-    # The abstain threshold is set where answering is hardest: on the field photos when there are some.
-    hardest = "field" if "field" in val_domains else None
-    chosen = (val_domains == hardest) if hardest else (val_domains != NONLEAF)
-    val_probs = softmax(val_logits[chosen], temperature)
+    # The abstain threshold is set on the leaf photos with each domain weighing the same: set on the lab photos
+    # alone it would answer most field photos wrongly; on the field photos alone, while the model is weak there,
+    # it would turn away nearly every lab photo too.
+    chosen = val_domains != NONLEAF
     threshold, target_met = abstain_threshold(
-        val_probs,
+        softmax(val_logits[chosen], temperature),
         val_y[chosen],
         cfg.abstain_target_accuracy,
         cfg.abstain_floor,
         reject=reject,
         reject_threshold=cfg.reject_threshold,
+        weights=domain_balance(val_domains[chosen]),
     )
+    target_domains = sorted(set(val_domains[chosen].tolist()), key=domain_order)
     test_report = compute_report(test_logits, test_y, classes)
     calibrated_ece = expected_calibration_error(softmax(test_logits, temperature), test_y)
     calibration: dict[str, Any] = {
@@ -578,7 +583,7 @@ def _write_bundle(
         "fitted_on": "val",
         "val_images": dict(Counter(val_domains.tolist())),
         "abstain_target_accuracy": cfg.abstain_target_accuracy,
-        "abstain_target_domain": hardest or "all",
+        "abstain_target_domains": target_domains,  # leaf photos, each domain weighing the same
         "abstain_target_met": target_met,
         **({"reject_label": NOT_A_LEAF, "reject_threshold": cfg.reject_threshold} if reject is not None else {}),
         **({"temperature_note": temperature_note} if temperature_note else {}),

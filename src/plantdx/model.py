@@ -189,11 +189,15 @@ def _create_timm(
     if not timm.is_model(name):
         raise ModelError(f"unknown model {name!r}: not plant_cnn, a torchvision model or a timm model")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": dropout}
-    if pretrained_path is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
     if image_size is not None and "vit" in name:
         kwargs["img_size"] = image_size
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if pretrained and pretrained_path is not None:
+        # A weights file or a plantdx checkpoint, read by our loader: timm's file loader would take a Lightning
+        # checkpoint's "model."-prefixed keys for no keys at all.
+        local: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
+        _load_local_weights(local, pretrained_path, name)
+        return local
     if pretrained and pretrained_path is None and name in PACKAGED:  # weights installed as a package, no download
         packaged: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
         counts = load_packaged(packaged, PACKAGED[name])

@@ -1,13 +1,14 @@
 """What a trained model must do whatever its numbers: behavioural checks on the bundled model.
 
-A blank photo abstains; a left-right mirrored leaf gets the same answer; the heat map lies on the leaf, not on the
-board behind it.
+A blank photo abstains; a photo that is not a leaf is turned away, and a held-out lab leaf is answered; a left-right
+mirrored leaf gets the same answer; the heat map lies on the leaf, not on the board behind it.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,10 +23,11 @@ BUNDLE = default_bundle_path()
 
 
 @pytest.fixture(scope="module")
-def test_photos(real_data: Path) -> list[tuple[Path, str]]:
-    """About 15 held-out photos of every class (every 6th of the test split)."""
-    rows = manifest_for(DatasetConfig(root=real_data)).split("test")[::6]
-    return [(real_data / r.path, r.label) for r in rows]
+def test_photos(bundled_split: tuple[DatasetConfig, Any]) -> list[tuple[Path, str]]:
+    """About 15 held-out lab photos of every class (every 6th of the lab test split)."""
+    dataset, manifest = bundled_split
+    rows = [r for r in manifest.split("test") if r.domain == "lab"][::6]
+    return [(dataset.locate(r.root, r.path), r.label) for r in rows]
 
 
 def test_a_blank_or_dark_photo_abstains_as_too_uniform() -> None:
@@ -41,7 +43,29 @@ def test_a_blank_or_dark_photo_abstains_as_too_uniform() -> None:
     for name, image in flat.items():
         answer = predictor.predict_one(image)
         assert answer.abstained and "almost uniform" in (answer.reason or ""), (name, answer.reason)
-    assert predictor.min_contrast == pytest.approx(0.014, abs=0.001)  # real leaves: test_..._held_out_split
+    assert predictor.min_contrast is not None and predictor.min_contrast < 0.05  # real leaves: test_default_bundle
+
+
+@pytest.mark.realdata
+def test_photos_that_are_not_leaves_are_turned_away(bundled_split: tuple[DatasetConfig, Any]) -> None:
+    """Held-out photos of animals, objects, rooms and food: none is given a disease (the old model named one for
+    41 %). The issue's target is 97 % turned away; every one of the held-out share is."""
+    dataset, manifest = bundled_split
+    rows = [r for r in manifest.split("test") if r.domain == "nonleaf"]
+    assert len(rows) >= 200 and len({r.group for r in rows}) >= 20
+    answers = Predictor(BUNDLE).predict([load_rgb(dataset.locate(r.root, r.path)) for r in rows])
+    turned_away = np.mean([a.abstained for a in answers])
+    assert turned_away >= 0.97, f"{turned_away:.1%} of {len(rows)} non-leaf photos abstained"
+    assert all(a.label != "not_a_leaf" for a in answers)  # never an answer, only a reason
+
+
+@pytest.mark.realdata
+def test_most_held_out_lab_leaves_are_answered(test_photos: list[tuple[Path, str]]) -> None:
+    """Abstaining on everything would pass the test above: most good lab photos must get an answer, mostly right."""
+    answers = Predictor(BUNDLE).predict([load_rgb(path) for path, _ in test_photos])
+    answered = [(a.label == label) for a, (_, label) in zip(answers, test_photos, strict=True) if not a.abstained]
+    assert len(answered) >= 0.8 * len(test_photos), f"{len(answered)} of {len(test_photos)} answered"
+    assert np.mean(answered) >= 0.93
 
 
 @pytest.mark.realdata
