@@ -155,6 +155,26 @@ def test_class_activation_maps_average_to_the_logits(exported: ExportResult) -> 
     assert exported.card["class_activation_map"] is True
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenetv3_small_100"])
+def test_a_timm_model_with_average_pooling_gets_exact_maps_and_one_without_gets_none(name: str) -> None:
+    """timm's EfficientNet pools then applies one linear layer: its maps are exact. MobileNetV3 has a hidden
+    layer after the pooling (conv_head): a map there would not be the logits' own, so there is none."""
+    import torch
+
+    from plantdx.export import ExportGraph
+    from plantdx.model import create_model
+
+    graph = ExportGraph(create_model(name, 4).eval()).eval()
+    with torch.inference_mode():
+        outputs = graph(torch.randn(2, 3, 96, 96))
+    if name == "efficientnet_lite0":
+        logits, _, cam = outputs
+        bias = logits - cam.mean(dim=(2, 3))
+        assert graph.output_names == ["logits", "embedding", "cam"] and torch.allclose(bias, bias[0], atol=1e-4)
+    else:
+        assert graph.output_names == ["logits", "embedding"] and len(outputs) == 2
+
+
 def test_explain_returns_a_heat_map_png(exported: ExportResult) -> None:
     predictor = Predictor(exported.bundle)
     leaf = make_leaf("Crop___Spot", 3)

@@ -107,6 +107,12 @@ def _last_linear(model: nn.Module, kind: str) -> nn.Linear | None:
         "resnet": getattr(m, "fc", None),
         "features_avgpool_classifier": getattr(m, "classifier", None),
     }.get(kind)
+    if kind == "timm" and getattr(getattr(m, "global_pool", None), "pool_type", None) == "avg":
+        # timm's EfficientNet: average pooling of the features, then one linear layer (MobileNetV3 has a hidden
+        # layer between them: its classifier does not take the features' width).
+        linear = getattr(m, "classifier", None)
+        if isinstance(linear, nn.Linear) and linear.in_features == getattr(m, "num_features", None):
+            head = linear
     if isinstance(head, nn.Linear):
         return head
     if isinstance(head, nn.Sequential) and all(isinstance(x, nn.Linear | nn.Dropout | nn.Flatten) for x in head):
