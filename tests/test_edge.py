@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,10 +42,12 @@ def odd_crops(size: int, n: int = 24, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_the_bundled_edge_model_answers_as_the_service_on_every_test_photo(real_data: Path) -> None:
+def test_the_bundled_edge_model_answers_as_the_service_on_every_test_photo(
+    real_data: Path, bundled_split: tuple[DatasetConfig, Any]
+) -> None:
     bundle = load_bundle(default_bundle_path())
     assert bundle.edge_path is not None, "plantdx export --edge-only src/plantdx/default_bundle"
-    crops, truth = split_crops(bundle, dataset_of(bundle, DatasetConfig(root=real_data)))
+    crops, truth = split_crops(bundle, dataset_of(bundle, bundled_split[0]))
     parity = edge_parity(bundle, bundle.edge_path, crops, truth)
     assert parity.n == len(crops) >= 200
     # fp32 weights agree on every photo; fp16 or int8 ones (a larger model) as far as export demanded

@@ -130,7 +130,8 @@ def test_the_wheel_installs_without_torch_and_serves_real_leaves(real_data: Path
         assert len(answers) == 15
         wrong = {label: said for label, said in answers.items() if said != label}
         assert len(wrong) <= 1, f"the wheel's service misnamed {wrong}"
-        assert model["architecture"] == "plant_cnn" and len(model["classes"]) == 15
+        assert model["architecture"] == "efficientnet_lite0" and model["classes"][-1] == "not_a_leaf"
+        assert len(model["classes"]) == 16 and model["reject_label"] == "not_a_leaf"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
