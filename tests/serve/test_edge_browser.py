@@ -34,18 +34,19 @@ def stop(server: Server) -> None:
 
 
 def second_bundle(source: Path, out: Path) -> str:
-    """The served bundle with another edge model (fp16 weights) and its own version: a promotion, as the page sees
-    it. Returns the new edge model's sha256."""
+    """The served bundle with another edge model (other weights: fp16, or fp32 when the served one is fp16) and
+    its own version: a promotion, as the page sees it. Returns the new edge model's sha256."""
     import onnx
 
     from plantdx.edge import build_edge_graph
 
     shutil.copytree(source, out)
     bundle = load_bundle(out)
-    onnx.save(build_edge_graph(bundle, "fp16"), str(out / EDGE_FILE))
+    weights = "fp32" if bundle.card.get("edge", {}).get("weights") == "fp16" else "fp16"
+    onnx.save(build_edge_graph(bundle, weights), str(out / EDGE_FILE))
     card = {k: v for k, v in bundle.card.items() if k != "files"}
     card["version"] = "edge-b"
-    card["edge"] = {**card.get("edge", {}), "weights": "fp16"}
+    card["edge"] = {**card.get("edge", {}), "weights": weights}
     return str(write_card(out, card)["files"][EDGE_FILE])
 
 
