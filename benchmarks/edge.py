@@ -37,12 +37,13 @@ import numpy as np
 from PIL import Image
 
 from plantdx.bundle import load_bundle
-from plantdx.config import DatasetConfig
+from plantdx.config import load_settings
 from plantdx.data.split import manifest_for
 from plantdx.edge import REASONS, build_edge_graph, dataset_of, reason_code
 from plantdx.inference import default_bundle_path
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "default_model_refit.yaml"  # the bundled model's recipe (its split)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--throttled", type=int, default=100, help="photos timed under 4x CPU throttling")
     ap.add_argument("--phone", type=int, default=20, help="test photos also sent as 12 MP JPEGs")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/edge-<architecture>.json")
+    ap.add_argument("-c", "--config", type=Path, default=RECIPE, help="the recipe whose split the bundle was scored on")
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
@@ -189,7 +191,7 @@ def main() -> None:
     if bundle.edge_path is None:
         sys.exit(f"{args.bundle} has no model.edge.onnx: plantdx export --edge-only {args.bundle}")
     load_before = os.getloadavg()
-    dataset = dataset_of(bundle, DatasetConfig())
+    dataset = dataset_of(bundle, load_settings(args.config).dataset)
     rows = manifest_for(dataset).split("test")
     if args.photos:
         rows = rows[:: max(1, len(rows) // args.photos)][: args.photos]
