@@ -308,8 +308,9 @@ class ServeConfig(_Section):
     decode_workers: int = Field(4, ge=1, description="threads that decode and preprocess uploads")
     batching: bool = Field(
         True,
-        description="let concurrent requests share ONNX Runtime calls (measured in docs/benchmarks.md: +13% at "
-        "concurrency 32 for the bundled model, no cost at concurrency 1 thanks to the adaptive window)",
+        description="let concurrent requests share ONNX Runtime calls once every stream is busy; a request that "
+        "finds a stream free runs alone at once (docs/benchmarks.md: +15 % at concurrency 32 for the bundled "
+        "model, no cost at concurrency 1)",
     )
     max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")

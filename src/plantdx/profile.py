@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from plantdx.images import LUMA, input_rgb
+from plantdx.images import LUMA
 
 PROFILE_VERSION = 1
 IMAGE_FEATURES = (
@@ -35,11 +35,19 @@ def image_features(image: np.ndarray) -> dict[str, float]:
     Sharpness is the variance of a 4-neighbour Laplacian of the luma: blur lowers it, noise raises it.
     """
     rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    luma = rgb @ LUMA
-    high, low = rgb.max(axis=2), rgb.min(axis=2)
+    return _plane_features(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def _plane_features(planes: np.ndarray) -> dict[str, float]:
+    """``image_features`` of a CHW float32 image on 0..1: whole planes, no per-pixel reductions over 3 channels
+    (a third of the time, on every photo served)."""
+    r, g, b = planes
+    luma = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+    high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
     lap = -4 * luma[1:-1, 1:-1] + luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]
-    means, stds = rgb.mean(axis=(0, 1)), rgb.std(axis=(0, 1))
+    flat = planes.reshape(3, -1)
+    means, stds = flat.mean(axis=1), flat.std(axis=1)
     return {
         "mean_r": float(means[0]),
         "mean_g": float(means[1]),
@@ -59,7 +67,9 @@ def features_from_input(x: np.ndarray, spec: dict[str, Any]) -> dict[str, float]
 
     The reference profile measured the same resized image as uint8, so the two agree to float rounding.
     """
-    return image_features(input_rgb(x, spec))
+    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
+    return _plane_features(np.clip(x * std + mean, 0.0, 1.0))
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -147,3 +147,31 @@ def test_a_drain_answers_requests_caught_in_the_batching_window() -> None:
 
     result, waited = asyncio.run(main())
     assert isinstance(result, OverloadedError) and waited < 1.0, (result, waited)
+
+
+def test_idle_while_a_stream_is_free_and_nobody_waits() -> None:
+    """The engine sends a lone request straight to a free stream (no hop to the decode pool and the batcher); the
+    batcher is idle only while that holds."""
+    gate = threading.Event()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((len(x), 2))
+
+    async def main() -> list[bool]:
+        batcher, pool = make(run, max_in_flight=2, max_batch_size=1, max_wait_ms=0)
+        await asyncio.sleep(0.05)  # the loop holds one stream while it waits for work: one is free
+        seen = [batcher.idle()]
+        busy = [asyncio.ensure_future(batcher.submit(np.zeros(3, np.float32))) for _ in range(3)]
+        await asyncio.sleep(0.1)  # one runs, the loop waits for the other stream, one queues
+        seen.append(batcher.idle())
+        gate.set()
+        await asyncio.gather(*busy)
+        await asyncio.sleep(0.05)
+        seen.append(batcher.idle())
+        await batcher.drain(1)
+        seen.append(batcher.idle())  # drained: requests compute alone, not through the stopped loop
+        pool.shutdown()
+        return seen
+
+    assert asyncio.run(main()) == [True, False, True, False]

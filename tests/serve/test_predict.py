@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -152,6 +153,33 @@ def test_without_batching_the_answers_are_the_same(exported: ExportResult, clean
             ]
             assert counted == [2.0], (batching, counted)
     assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-6)
+
+
+def test_batching_batches_a_burst_and_lets_a_lone_request_through(exported: ExportResult, clean_env: None) -> None:  # noqa: ARG001
+    """With batching on, a request that finds a stream free and nobody waiting is decoded and inferred in one hop,
+    without the batcher; a burst larger than the streams is batched."""
+    settings = serve_settings(exported.bundle, "serve.batching=true", "serve.streams=2", "serve.max_wait_ms=50")
+    with TestClient(create_app(settings)) as c:
+        batcher = c.app.state.engine.runtime.batcher  # type: ignore[attr-defined]
+        submitted: list[int] = []
+        submit = batcher.submit
+
+        async def counted(x: object) -> object:
+            submitted.append(1)
+            return await submit(x)
+
+        batcher.submit = counted
+        photo = {"file": ("l.jpg", jpeg(seed=5), "image/jpeg")}
+        for _ in range(3):
+            assert c.post("/v1/predict", files=photo).status_code == 200
+        assert submitted == [], "a lone request went through the batcher"
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: c.post("/v1/predict", files=photo).status_code, range(8)))
+        assert codes == [200] * 8
+        assert submitted, "a burst of 8 on 2 streams never reached the batcher"
+        samples = _samples(c.get("/metrics").text)
+        assert samples["plantdx_batch_size_sum"] == 11  # every photo counted once, batched or alone
+        assert samples["plantdx_batch_size_count"] < 11, "the burst was not batched"
 
 
 def test_page_and_security_headers(client: TestClient) -> None:

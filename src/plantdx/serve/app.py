@@ -16,7 +16,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
-from slowapi.errors import RateLimitExceeded
 
 import plantdx
 from plantdx.config import Settings, load_settings
@@ -24,7 +23,7 @@ from plantdx.serve.edge import create_edge_router
 from plantdx.serve.engine import Engine, ModelSource, load_model
 from plantdx.serve.errors import install_error_handlers
 from plantdx.serve.jobs import JobBackend, LocalJobs
-from plantdx.serve.limits import create_limiter, rate_limit_exceeded
+from plantdx.serve.limits import RateLimiter
 from plantdx.serve.metrics import Metrics
 from plantdx.serve.middleware import RequestContextMiddleware, configure_logging
 from plantdx.serve.monitoring import Monitoring
@@ -114,12 +113,10 @@ def create_app(settings: Settings | None = None, *, model: ModelSource | None = 
     app.state.engine = engine
     app.state.jobs = jobs
     app.state.monitoring = monitoring
-    limiter = create_limiter(cfg)
-    app.state.limiter = limiter
-    app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded)  # type: ignore[arg-type]
+    app.state.limiter = RateLimiter(cfg)
     install_error_handlers(app)
 
-    app.include_router(create_predict_router(limiter, cfg.rate_limit))
+    app.include_router(create_predict_router())
     app.include_router(create_model_router())
     if settings.admin_token is not None and settings.admin_token.get_secret_value():  # an empty token is none
         app.include_router(create_admin_router())

@@ -68,6 +68,10 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="plantdx-batcher")
 
+    def idle(self) -> bool:
+        """A stream is free and no request is waiting: one arriving now would not be batched with anything."""
+        return not self.closed and self.queue.empty() and not self.in_flight.locked()
+
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Logits for one preprocessed image, computed together with whatever else is waiting."""
         loop = asyncio.get_running_loop()

@@ -1,4 +1,8 @@
-"""FastAPI dependencies as ``Annotated`` aliases, so a handler reads like a sentence."""
+"""FastAPI dependencies as ``Annotated`` aliases, so a handler reads like a sentence.
+
+Each is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per dependency
+per request for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +16,27 @@ from plantdx.serve.jobs import JobBackend
 from plantdx.serve.metrics import Metrics
 
 
-def _engine(request: Request) -> Engine:
+async def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def _jobs(request: Request) -> JobBackend:
+async def _jobs(request: Request) -> JobBackend:
     jobs: JobBackend = request.app.state.jobs
     return jobs
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 

@@ -2,8 +2,8 @@
 
 ``diagnose`` runs every step for every caller: the upload checks, decode, preprocessing, inference, the heat map,
 abstention, the Prometheus metrics and the prediction-log record. Where the CPU-heavy steps run is the caller's
-choice, through a ``Runner``: the service's runtime decodes in a thread pool and batches inference across
-requests; a job worker runs them inline.
+choice, through a ``Runner``: the service's runtime decodes and infers in one hop to an inference stream (or, with
+batching on, decodes in a thread pool and batches inference across requests); a job worker runs them inline.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class Runner(Protocol):
         """CPU work on the upload (decode, preprocess)."""
         ...
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
-        """One preprocessed input through ``Predictor.forward``: its row of the output."""
+    async def infer(self, prepare: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The preprocessed input that ``prepare`` makes of the upload, and its row of ``Predictor.forward``."""
         ...
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -49,8 +49,9 @@ class Inline:
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.predictor.forward(x[None])[0])
+    async def infer(self, prepare: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x = prepare()
+        return x, np.asarray(self.predictor.forward(x[None])[0])
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
@@ -61,7 +62,7 @@ class Answer:
     diagnosis: Diagnosis
     heatmap: bytes | None  # RGBA PNG, when asked for and the model can draw one
     model_version: str
-    elapsed_ms: float  # inference and post-processing, not the decode
+    elapsed_ms: float  # decode, inference and post-processing: the photo's time in the service, less the upload
 
 
 async def diagnose(
@@ -86,13 +87,13 @@ async def diagnose(
     def prepare() -> np.ndarray:
         return predictor.preprocess(decode_upload(data, content_type, limits, predictor.resize))
 
-    x = await runner.decode(prepare)
-    started = time.perf_counter()
     heatmap = None
+    started = time.perf_counter()
     if explain and predictor.can_explain:
+        x = await runner.decode(prepare)
         diagnosis, heatmap = await runner.run(predictor.explain_input, x, top_k)
     else:
-        out = await runner.infer(x)
+        x, out = await runner.infer(prepare)
         diagnosis = predictor.answer(out[None], x[None], top_k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     if metrics is not None:

@@ -113,15 +113,46 @@ class ModelRuntime:
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
-        if self.batcher is not None:
-            return await self.batcher.submit(x)
-        out = await self.run(self.predictor.forward, x[None])
-        return np.asarray(out[0])
+    async def infer(self, prepare: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The photo decoded and inferred in one hop to an inference stream, as the in-process ceiling does: always
+        without batching, and with it while a stream is free and nobody waits (a lone request pays no hop to the
+        decode pool and the batcher). Under load, decoded in the decode pool and batched with the others."""
+        forward = self._timed(self.predictor.forward)
+
+        def whole() -> tuple[np.ndarray, np.ndarray]:
+            x = prepare()
+            return x, np.asarray(forward(x[None])[0])
+
+        batcher = self.batcher
+        if batcher is None:
+            return await self._in_stream(whole)
+        if batcher.idle():
+            async with batcher.in_flight:  # free: taken at once, so the batcher counts this stream as busy
+                if self.metrics is not None:
+                    self.metrics.batch_size.observe(1)
+                return await asyncio.get_running_loop().run_in_executor(self.infer_pool, whole)
+        x = await self.decode(prepare)
+        return x, await batcher.submit(x)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """An inference outside the batcher (batching off, or a heat map) under the batcher's rules: the same queue
-        bound (a fast 503), the same deadline (no late answers) and the same inference and queue metrics."""
+        """An inference outside the batcher (a heat map) under the batcher's rules: the same queue bound (a fast
+        503), the same deadline (no late answers) and the same inference and queue metrics."""
+        timed = self._timed(fn)
+        return await self._in_stream(lambda: timed(*args))
+
+    def _timed(self, fn: Callable[..., T]) -> Callable[..., T]:
+        def timed(*args: Any) -> T:
+            started = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.inference_seconds.observe(time.monotonic() - started)
+
+        return timed
+
+    async def _in_stream(self, fn: Callable[[], T]) -> T:
+        """``fn`` on an inference stream, bounded by the queue size and the request deadline."""
         queue_size, timeout_s = self.queue_size, self.timeout_s
         if self.waiting >= queue_size:
             if self.metrics is not None:
@@ -129,22 +160,17 @@ class ModelRuntime:
             raise OverloadedError(f"{self.waiting} requests are waiting for inference; retry shortly")
         submitted = time.monotonic()
 
-        def timed() -> T:
-            started = time.monotonic()
-            if started - submitted > timeout_s:  # the client has likely given up: do not spend a stream on it
+        def guarded() -> T:
+            if time.monotonic() - submitted > timeout_s:  # the client has likely given up: do not spend a stream
                 if self.metrics is not None:
                     self.metrics.shed.labels(reason="deadline").inc()
                 raise OverloadedError(f"waited more than {timeout_s * 1000:.0f} ms for inference; retry")
-            try:
-                return fn(*args)
-            finally:
-                if self.metrics is not None:
-                    self.metrics.inference_seconds.observe(time.monotonic() - started)
+            return fn()
 
         self.waiting += 1
         self._publish_depth()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.infer_pool, timed)
+            return await asyncio.get_running_loop().run_in_executor(self.infer_pool, guarded)
         finally:
             self.waiting -= 1
             self._publish_depth()
@@ -258,7 +284,7 @@ class Engine:
     async def diagnose(
         self, data: bytes, content_type: str | None, *, top_k: int | None, explain: bool, request_id: str
     ) -> Answer:
-        """Untrusted bytes -> an answer on the current model: decode off the event loop, infer (batched)."""
+        """Untrusted bytes -> an answer on the current model: decode and infer off the event loop."""
         runtime = self.current()
         runtime.active += 1
         try:

@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    for name in ("plantdx", "uvicorn.error", "slowapi"):  # slowapi warns when Redis-backed limits fall back to memory
+    for name in ("plantdx", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level)
@@ -140,10 +140,7 @@ class RequestContextMiddleware:
                 extra = [(b"x-request-id", echoed.encode()), *SECURITY_HEADERS]
                 if scope.get("path") in ("/", "/index.html"):
                     extra.append((b"content-security-policy", PAGE_CSP))
-                own = message.get("headers", [])
-                if status < 400:  # slowapi's rate-limit headers include Retry-After, which means nothing on a success
-                    own = [(k, v) for k, v in own if k.lower() != b"retry-after"]
-                message["headers"] = [*own, *extra]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         if admitted:

@@ -45,7 +45,7 @@ class Prediction(BaseModel):
     top_k: list[TopK]
     abstained: bool = Field(description="true when the model is not sure; treat the prediction as a guess")
     reason: str | None = None
-    inference_time_ms: float
+    inference_time_ms: float = Field(description="decode, inference and post-processing, once the upload was read")
     model_version: str
     request_id: str
     heatmap: str | None = Field(None, description="with ?explain=true: RGBA PNG, base64, the model's input size")

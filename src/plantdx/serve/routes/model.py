@@ -67,7 +67,7 @@ def create_model_router() -> APIRouter:
 def create_admin_router() -> APIRouter:
     """Only mounted when an admin token is configured: without one, the routes do not exist."""
 
-    def check_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def check_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin_token
         assert token is not None
         if not authorization:

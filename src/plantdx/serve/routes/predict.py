@@ -9,8 +9,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
-from slowapi import Limiter
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 
@@ -24,7 +23,7 @@ from plantdx.serve.errors import (
     TooLargeError,
     UnsupportedMediaError,
 )
-from plantdx.serve.limits import SCOPE, charge
+from plantdx.serve.limits import charge, rate_limited
 from plantdx.serve.schemas import (
     BatchItem,
     BatchRequest,
@@ -88,17 +87,15 @@ ONE_PHOTO = {
 }
 
 
-def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
+def create_predict_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["diagnosis"], responses=ERRORS)
     # One budget for the three routes that diagnose (a batch of k costs k: `charge`): per route, a client would get
     # three.
-    limit = limiter.shared_limit(rate_limit, scope=SCOPE)
+    limited = [Depends(rate_limited)]
 
-    @router.post("/predict", response_model=Prediction, openapi_extra=ONE_PHOTO)
-    @limit
+    @router.post("/predict", response_model=Prediction, openapi_extra=ONE_PHOTO, dependencies=limited)
     async def predict(
         request: Request,
-        response: Response,
         engine: EngineDep,
         request_id: RequestIdDep,
         top_k: TopKQuery = None,
@@ -128,11 +125,10 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
                 },
             }
         },
+        dependencies=limited,
     )
-    @limit
     async def predict_batch(
         request: Request,
-        response: Response,
         engine: EngineDep,
         settings: SettingsDep,
         request_id: RequestIdDep,
@@ -157,11 +153,16 @@ def create_predict_router(limiter: Limiter, rate_limit: str) -> APIRouter:
 
         return BatchResponse(predictions=list(await asyncio.gather(*(one(i, x) for i, x in enumerate(items)))))
 
-    @router.post("/jobs", response_model=JobCreated, status_code=202, tags=["jobs"], openapi_extra=ONE_PHOTO)
-    @limit
+    @router.post(
+        "/jobs",
+        response_model=JobCreated,
+        status_code=202,
+        tags=["jobs"],
+        openapi_extra=ONE_PHOTO,
+        dependencies=limited,
+    )
     async def create_job(
         request: Request,
-        response: Response,
         jobs: JobsDep,
         engine: EngineDep,
         top_k: TopKQuery = None,
