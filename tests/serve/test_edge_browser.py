@@ -23,6 +23,14 @@ from plantdx.data.split import manifest_for
 from plantdx.inference import default_bundle_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+# `ready` resolves once the registration has an active worker, which may still be "activating": wait for it to
+# settle (activated, or redundant if it failed).
+SETTLED_WORKER = """navigator.serviceWorker.ready.then(r => new Promise(resolve => {
+  const worker = r.active;
+  const settled = () => ["activated", "redundant"].includes(worker.state) && resolve(worker.state);
+  worker.addEventListener("statechange", settled);
+  settled();
+}))"""
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
@@ -85,7 +93,7 @@ def test_installed_page_diagnoses_offline_and_takes_the_new_champion(real_data: 
             # 1. one visit with the server up: the page, its scripts and the model are kept
             page.goto(server.url + "/")
             expect(edge_info).to_have_attribute("data-sha256", sha_a, timeout=60000)
-            assert page.evaluate("navigator.serviceWorker.ready.then(r => r.active.state)") == "activated"
+            assert page.evaluate(SETTLED_WORKER) == "activated"
             # Chrome's own verdict: installable, but for the throwaway (incognito-like) profile Playwright uses
             cdp = context.new_cdp_session(page)
             assert cdp.send("Page.getAppManifest")["errors"] == []

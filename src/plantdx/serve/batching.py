@@ -69,7 +69,8 @@ class MicroBatcher:
         self._task = asyncio.create_task(self._loop(), name="plantdx-batcher")
 
     def idle(self) -> bool:
-        """A stream is free and no request is waiting: one arriving now would not be batched with anything."""
+        """A stream is free and no request is waiting: one arriving now would not be batched with anything. Never
+        with one stream: the loop holds it while it waits for work."""
         return not self.closed and self.queue.empty() and not self.in_flight.locked()
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
