@@ -129,6 +129,18 @@ def test_image_store_keeps_labelled_photos_within_the_bound(store: PredictionLog
     assert store.attach_label("r1", "A") is not None and store.attach_label("r1", "A").image_kept is False  # type: ignore[union-attr]
 
 
+def test_a_full_image_store_is_evicted_below_its_bound_not_on_every_write(store: PredictionLog) -> None:
+    """Past the bound, photos go until 90 % of it is left, so the next writes fit without a scan and a delete each."""
+    store.write([_record(i, image=b"p" * 100) for i in range(10)])  # 1000 bytes: at the bound
+    store.write([_record(10, image=b"p" * 100)])  # 1100 > 1000: down to 900 (r0 and r1 go)
+    assert store.image_bytes() == 900
+    store.write([_record(11, image=b"p" * 100)])  # 1000: within the bound, nothing goes
+    assert store.image_bytes() == 1000
+    with store.engine.connect() as conn:
+        kept = sorted(r[0] for r in conn.execute(sa.text("SELECT request_id FROM prediction_images")))
+    assert kept == sorted(f"r{i}" for i in range(2, 12))
+
+
 def test_writer_is_off_the_request_path_and_drops_rather_than_block(tmp_path: Path) -> None:
     store = PredictionLog(f"sqlite:///{tmp_path}/log.db")
     dropped: list[int] = []

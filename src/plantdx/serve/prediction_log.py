@@ -30,6 +30,7 @@ from plantdx.config import MonitorConfig
 from plantdx.inference import Diagnosis, Predictor
 from plantdx.profile import EMBEDDING_COMPONENTS, IMAGE_FEATURES, features_from_input, project_embeddings
 
+EVICT_TO = 0.9  # a full image store is evicted down to this share of its bound
 log = logging.getLogger("plantdx.monitor")
 
 EMBEDDING_COLUMNS = tuple(f"emb_{i}" for i in range(EMBEDDING_COMPONENTS))
@@ -255,7 +256,6 @@ class PredictionLog:
                 self._image_total += added
             if self._image_total > self.image_store_bytes:  # a full scan only when the bound may be crossed
                 self.evict_images()
-                self._image_total = None  # recounted next time: other replicas may write to the same store
         return len(records)
 
     def _insert(self, records: Sequence[LogRecord]) -> None:
@@ -279,19 +279,24 @@ class PredictionLog:
                 )
 
     def evict_images(self) -> int:
-        """Keep the stored image bytes under the bound: unlabelled photos go first (oldest first), then labelled."""
+        """Keep the stored image bytes under the bound: unlabelled photos go first (oldest first), then labelled.
+
+        Once over the bound, down to ``EVICT_TO`` of it: a store kept at its bound would scan and delete on every
+        write (at 100 photos/s that took the service from 20 ms to 1.5 s per answer within five minutes).
+        """
         removed = 0
+        target = int(self.image_store_bytes * EVICT_TO)
         with self.engine.begin() as conn:
             total = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(images.c.size), 0))).scalar_one())
-            if total <= self.image_store_bytes:
-                return 0
-            order = (images.c.labelled.asc(), images.c.created_at.asc())
-            for request_id, size in conn.execute(sa.select(images.c.request_id, images.c.size).order_by(*order)):
-                if total <= self.image_store_bytes:
-                    break
-                conn.execute(sa.delete(images).where(images.c.request_id == request_id))
-                total -= int(size)
-                removed += 1
+            if total > self.image_store_bytes:
+                order = (images.c.labelled.asc(), images.c.created_at.asc())
+                for request_id, size in conn.execute(sa.select(images.c.request_id, images.c.size).order_by(*order)):
+                    if total <= target:
+                        break
+                    conn.execute(sa.delete(images).where(images.c.request_id == request_id))
+                    total -= int(size)
+                    removed += 1
+        self._image_total = total  # counted afresh: other replicas may write to the same store
         return removed
 
     def attach_label(self, request_id: str, label: str) -> LabelResult | None:
