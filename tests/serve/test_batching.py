@@ -175,3 +175,28 @@ def test_idle_while_a_stream_is_free_and_nobody_waits() -> None:
         return seen
 
     assert asyncio.run(main()) == [True, False, True, False]
+
+
+def test_the_deadline_counts_from_when_the_photo_started_its_way() -> None:
+    """A photo that waited for a decode thread has used part of its time: submitted with its start, it is shed by
+    the deadline that start sets, not given a fresh one."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.zeros((len(x), 2))
+
+    async def main() -> tuple[BaseException | None, np.ndarray]:
+        batcher, pool = make(run, timeout_ms=100)
+        late = time.monotonic() - 0.2  # started 200 ms ago: past its 100 ms
+        try:
+            await batcher.submit(np.zeros(3, np.float32), late)
+            refused: BaseException | None = None
+        except OverloadedError as exc:
+            refused = exc
+        fresh = await batcher.submit(np.zeros(3, np.float32))
+        await batcher.drain(1)
+        pool.shutdown()
+        return refused, fresh
+
+    refused, fresh = asyncio.run(main())
+    assert isinstance(refused, OverloadedError) and "100 ms" in str(refused)
+    assert fresh.shape == (2,)

@@ -164,9 +164,9 @@ def test_batching_batches_a_burst_and_lets_a_lone_request_through(exported: Expo
         submitted: list[int] = []
         submit = batcher.submit
 
-        async def counted(x: object) -> object:
+        async def counted(x: object, since: float | None = None) -> object:
             submitted.append(1)
-            return await submit(x)
+            return await submit(x, since)
 
         batcher.submit = counted
         photo = {"file": ("l.jpg", jpeg(seed=5), "image/jpeg")}

@@ -73,12 +73,14 @@ class MicroBatcher:
         with one stream: the loop holds it while it waits for work."""
         return not self.closed and self.queue.empty() and not self.in_flight.locked()
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        """Logits for one preprocessed image, computed together with whatever else is waiting."""
+    async def submit(self, x: np.ndarray, since: float | None = None) -> np.ndarray:
+        """Logits for one preprocessed image, computed together with whatever else is waiting. The deadline counts
+        from ``since`` (``time.monotonic()``; default now): the engine passes when the photo started its way, so
+        time spent waiting for a decode thread counts too."""
         loop = asyncio.get_running_loop()
         if self.closed:  # a straggler after drain: compute it alone rather than wait on a stopped loop
             return np.asarray((await loop.run_in_executor(self.executor, self.run_batch, x[None]))[0])
-        item = _Item(x, loop.create_future(), time.monotonic() + self.timeout)
+        item = _Item(x, loop.create_future(), (time.monotonic() if since is None else since) + self.timeout)
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:

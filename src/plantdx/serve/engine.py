@@ -131,8 +131,9 @@ class ModelRuntime:
                 if self.metrics is not None:
                     self.metrics.batch_size.observe(1)
                 return await asyncio.get_running_loop().run_in_executor(self.infer_pool, whole)
+        since = time.monotonic()
         x = await self.decode(prepare)
-        return x, await batcher.submit(x)
+        return x, await batcher.submit(x, since)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """An inference outside the batcher (a heat map) under the batcher's rules: the same queue bound (a fast
