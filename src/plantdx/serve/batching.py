@@ -64,6 +64,7 @@ class MicroBatcher:
         self._pending: set[asyncio.Future[None]] = set()
         self._collecting: list[_Item] = []
         self.closed = False
+        self._last_run_s = 0.0  # how long the last batch took, from dispatch to its rows
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="plantdx-batcher")
@@ -115,8 +116,9 @@ class MicroBatcher:
                     break
 
     def _expire(self, batch: list[_Item]) -> list[_Item]:
-        """Answer late items with a fast 503 (their clients have likely given up) and keep the rest."""
-        now = time.monotonic()
+        """Answer late items with a fast 503 (their clients have likely given up) and keep the rest. Late means
+        past the deadline by the time a batch takes (the last one's duration): started, it would answer late."""
+        now = time.monotonic() + self._last_run_s
         live = []
         for item in batch:
             if item.future.done():  # the client went away
@@ -170,8 +172,9 @@ class MicroBatcher:
             logits = await fut
             if len(logits) != len(items):
                 raise RuntimeError(f"the model returned {len(logits)} rows for {len(items)} images")
+            self._last_run_s = time.perf_counter() - started
             if self.metrics is not None:
-                self.metrics.inference_seconds.observe(time.perf_counter() - started)
+                self.metrics.inference_seconds.observe(self._last_run_s)
             for item, row in zip(items, logits, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
