@@ -1,7 +1,7 @@
 """Rate limits: one budget per API key (``X-API-Key``), else per client address, kept with the ``limits`` library
 in memory or in Redis (replicas share counts).
 
-Checked once per request by the ``RateLimited`` dependency: one storage hit and one window read. (slowapi's
+Checked once per request by the ``rate_limited`` dependency: one storage hit and one window read. (slowapi's
 decorator, used before, spent about 1.7 ms of CPU per request on this, docs/benchmarks.md.)
 """
 
@@ -13,9 +13,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Request, Response
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -151,9 +151,6 @@ async def rate_limited(request: Request, response: Response) -> None:
             headers=verdict.headers(),
         )
     response.headers.update(verdict.headers())
-
-
-RateLimited = Annotated[None, Depends(rate_limited)]
 
 
 def charge(request: Request, photos: int) -> None:
